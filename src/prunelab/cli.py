@@ -1,0 +1,223 @@
+"""The `prunelab` command: parsing only; the work is done by library functions.
+
+User mistakes end with one line on stderr ("prunelab: error: ...") and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from prunelab.errors import PrunelabError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the usage block
+        raise PrunelabError(f"{message} (see '{self.prog} --help')")
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if getattr(args, "quiet", False) else None
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    from prunelab.report import text_table
+
+    print(text_table(rows, columns))
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--steps", type=int, help="stop after this many steps (overrides epochs)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--optimizer", help="sgd, adam or adamw")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--lr-schedule", help="constant, cosine, step or multistep")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("epochs", "steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+            "lr_schedule", "seed", "device")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from prunelab.config import RunConfig, TrainConfig, load_config, parse_options
+    from prunelab.data import DATASETS, _looks_like_path
+    from prunelab.errors import UnknownNameError
+    from prunelab.methods import list_methods, method_options
+    from prunelab.models import MODELS
+
+    cfg = load_config(args.config) if args.config else RunConfig()
+    if args.model:
+        cfg.model = args.model
+    if args.dataset:
+        cfg.dataset = args.dataset
+    if args.method:
+        cfg.method = args.method
+    if args.data_dir:
+        cfg.data_dir = args.data_dir
+    if cfg.model not in MODELS:
+        raise UnknownNameError("model", cfg.model, MODELS)
+    if cfg.dataset not in DATASETS and not _looks_like_path(cfg.dataset):
+        raise UnknownNameError("dataset", cfg.dataset, DATASETS)
+    if cfg.method not in list_methods():
+        raise UnknownNameError("method", cfg.method, list_methods())
+    cfg.model_options.update(parse_options(args.model_option, "--model-option"))
+    cfg.data_options.update(parse_options(args.data_option, "--data-option"))
+    cfg.method_options.update(parse_options(args.option, "--option"))
+    if args.sparsity is not None:
+        if "sparsity" not in method_options(cfg.method):
+            raise PrunelabError(f"method '{cfg.method}' takes no --sparsity")
+        cfg.method_options["sparsity"] = args.sparsity
+    cfg.train = TrainConfig(**{**cfg.train.__dict__, **_train_overrides(args)}).validate()
+    out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
+    if cfg.method == "imp":
+        from prunelab.methods.lottery import IMPConfig, run_imp, summarize
+
+        results = run_imp(cfg, out, progress=_progress(args))
+        rows = summarize(IMPConfig(**cfg.method_options), results)["levels"]
+        _print_table(rows, ["level", "weight_sparsity", "test_accuracy", "test_loss"])
+    else:
+        from prunelab.train import run
+
+        result = run(cfg, out, progress=_progress(args))
+        row = {"method": cfg.method, "test_accuracy": result.final["test_accuracy"],
+               "test_loss": result.final["test_loss"],
+               "weight_sparsity": result.sparsity["global"]["weight_sparsity"],
+               "seconds": result.final["train_seconds"]}
+        _print_table([row], list(row))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from prunelab.retrain import parse_init, retrain
+
+    parse_init(args.init)
+    run_dir = Path(args.run_dir)
+    tag = args.init.replace(":", "-")
+    out = Path(args.out) if args.out else run_dir.with_name(f"{run_dir.name}-retrain-{tag}")
+    result = retrain(run_dir, args.init, out_dir=out, seed=args.seed, progress=_progress(args))
+    row = {"init": args.init, "test_accuracy": result.final["test_accuracy"],
+           "test_loss": result.final["test_loss"],
+           "weight_sparsity": result.sparsity["global"]["weight_sparsity"]}
+    _print_table([row], list(row))
+    print(f"wrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from prunelab.data import BUILT_IN, DATASETS, dataset_options, images, load_dataset
+    from prunelab.errors import UnknownNameError
+
+    if args.action == "list":
+        for name in DATASETS:
+            kind = "built-in" if name in BUILT_IN else "data directory"
+            print(f"{name:15s} {kind:15s} options: {', '.join(dataset_options(name))}")
+        print("or a path to an .arff, .csv or libsvm file")
+        return 0
+    if not args.name:
+        raise PrunelabError(f"'prunelab data {args.action}' needs a dataset name")
+    if args.action == "download":
+        if args.name not in images.CANONICAL_FILES:
+            raise UnknownNameError("downloadable dataset", args.name, images.CANONICAL_FILES)
+        paths = images.download(args.name, args.data_dir)
+        for p in paths:
+            print(p)
+        return 0
+    data = load_dataset(args.name, data_dir=args.data_dir)
+    print(json.dumps(data.summary(), indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from prunelab.experiments.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick, progress=_progress(args), log=print)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from prunelab import __version__
+
+    parser = _Parser(prog="prunelab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one model with a pruning method")
+    p.add_argument("--config", help="a run config YAML (flags override it)")
+    p.add_argument("--model", help="registered model name (see the README)")
+    p.add_argument("--dataset", help="registered dataset name or a data file path")
+    p.add_argument("--method", help="dense, magnitude, gmp, imp, fixed-mask")
+    p.add_argument("--sparsity", type=float, help="target weight sparsity in [0, 1)")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                   help="a method option, e.g. -o begin=0.2 -o scope=layer")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="e.g. --model-option widths=[300,100]")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="e.g. --data-option n_irrelevant=20")
+    p.add_argument("--data-dir", help="directory holding data files (else $PRUNELAB_DATA)")
+    p.add_argument("--out", help="run directory (default runs/NAME-HASH)")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("retrain", help="retrain a run's mask: scratch, original or rewind:K")
+    p.add_argument("run_dir")
+    p.add_argument("--init", required=True, help="scratch | original | rewind:K | rewind:Kit")
+    p.add_argument("--seed", type=int, help="init seed for scratch (default: run seed + 1000)")
+    p.add_argument("--out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("data", help="list, download or describe datasets")
+    p.add_argument("action", choices=["list", "download", "info"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="the main job on built-in data (minutes on a laptop)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="fewer sparsities and seeds")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `prunelab` console script."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return args.func(args)
+    except PrunelabError as exc:
+        print(f"prunelab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunelab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The dataset contract shared by every loader: tensors plus metadata, split and scaled honestly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from prunelab.errors import ConfigError, DataError
+
+
+@dataclass
+class Dataset:
+    """Train/test tensors plus what a researcher needs to know about the columns.
+
+    `x_*` are float32 with shape (n, *input_shape); `y_*` are int64 class indices.
+    `relevant_features` lists the column indices known to carry the signal (None if unknown).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    feature_names: list[str] | None = None
+    relevant_features: list[int] | None = None
+    class_names: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-friendly description (no tensors)."""
+        return {
+            "name": self.name,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "relevant_features": self.relevant_features,
+            **{k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, bool, list))},
+        }
+
+    def subset_train(self, n: int, seed: int = 0) -> Dataset:
+        """A copy whose training set is a seeded random subset of size n (test set kept)."""
+        if not 0 < n <= self.n_train:
+            raise ConfigError(f"subset size must be in [1, {self.n_train}], got {n}")
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(self.n_train, generator=g)[:n]
+        return Dataset(
+            self.name, self.x_train[idx], self.y_train[idx], self.x_test, self.y_test,
+            self.num_classes, self.feature_names, self.relevant_features, self.class_names,
+            dict(self.meta, n_train_subset=n),
+        )
+
+
+def stratified_split(
+    y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split: returns (train_idx, test_idx), each class split in proportion."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for cls in np.unique(y):
+        idx = np.flatnonzero(y == cls)
+        rng.shuffle(idx)
+        n_test = int(round(len(idx) * test_fraction))
+        if len(idx) >= 2:
+            n_test = min(max(n_test, 1), len(idx) - 1)
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def standardize(
+    x_train: np.ndarray, x_test: np.ndarray, eps: float = 1e-8
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Scale columns to zero mean, unit variance using training statistics only.
+
+    Constant training columns are centred but not scaled (their std is replaced by 1).
+    """
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std = np.where(std < eps, 1.0, std)
+    return (x_train - mean) / std, (x_test - mean) / std, {"mean": mean, "std": std}
+
+
+def encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Map arbitrary labels to 0..K-1 in sorted order; returns codes and class names."""
+    classes, codes = np.unique(labels, return_inverse=True)
+    return codes.astype(np.int64), [str(c) for c in classes]
+
+
+def to_dataset(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    **kwargs: Any,
+) -> Dataset:
+    """Wrap numpy arrays as a Dataset (float32 inputs, int64 labels)."""
+    num_classes = kwargs.pop("num_classes", None)
+    if num_classes is None:
+        num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    return Dataset(
+        name,
+        torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32),
+        torch.as_tensor(np.ascontiguousarray(y_train), dtype=torch.int64),
+        torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32),
+        torch.as_tensor(np.ascontiguousarray(y_test), dtype=torch.int64),
+        num_classes,
+        **kwargs,
+    )
+
+
+def data_dirs(data_dir: str | Path | None = None) -> list[Path]:
+    """The data directories searched, in order: explicit, $PRUNELAB_DATA, ~/.cache/prunelab."""
+    dirs: list[Path] = []
+    if data_dir:
+        dirs.append(Path(data_dir).expanduser())
+    env = os.environ.get("PRUNELAB_DATA")
+    if env:
+        dirs.append(Path(env).expanduser())
+    dirs.append(Path.home() / ".cache" / "prunelab")
+    return dirs
+
+
+def find_data_file(
+    candidates: list[str], data_dir: str | Path | None, get_with: str
+) -> Path:
+    """First existing file among `candidates` (relative paths) in the searched directories.
+
+    Raises DataError naming the file, the directories searched and the command that gets it.
+    """
+    searched = data_dirs(data_dir)
+    for d in searched:
+        for rel in candidates:
+            p = d / rel
+            if p.is_file():
+                return p
+    where = ", ".join(str(d) for d in searched)
+    raise DataError(
+        f"data file '{candidates[0]}' not found in {where}; get it with '{get_with}' "
+        "or point --data-dir / PRUNELAB_DATA at a directory holding it"
+    )

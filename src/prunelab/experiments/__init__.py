@@ -1,0 +1,1 @@
+"""One module per reproduced claim or job: a config, run() -> results, figures and a report."""

@@ -1,0 +1,112 @@
+"""The method protocol: how a pruning method hooks into training.
+
+The Trainer calls, in order: `attach(context)` once (model and optimizer exist, nothing
+trained yet), `penalty(model)` inside each loss, `after_step(step)` after each optimizer step
+(`step` counts completed steps from 1), `after_epoch(epoch)` after each epoch (from 1). The
+method exposes `masks` (None for dense) and `state_dict()` for checkpoints. Options are the
+dataclass fields, so a method serialises to and from its config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.masks import MaskEnforcer, Masks, full_masks, prunable_parameters
+from prunelab.selection import select_masks
+
+
+@dataclass
+class TrainContext:
+    """What a method may look at when it attaches."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class PruningMethod:
+    """Dense training: the method that does nothing. Subclasses override the hooks."""
+
+    name = "dense"
+
+    def attach(self, ctx: TrainContext) -> None:
+        self.ctx = ctx
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def after_epoch(self, epoch: int) -> None:
+        pass
+
+    @property
+    def masks(self) -> Masks | None:
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers to log with each epoch (e.g. the current target sparsity)."""
+        return {}
+
+    def options(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        masks = self.masks
+        return {"options": self.options(), "masks": None if masks is None else dict(masks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class MaskedMethod(PruningMethod):
+    """Shared machinery for methods that keep a weight mask enforced during training."""
+
+    scope: str = "global"
+
+    name = "masked"
+
+    def attach(self, ctx: TrainContext) -> None:
+        super().attach(ctx)
+        self.enforcer = MaskEnforcer(ctx.model, self.initial_masks(ctx.model)).attach(ctx.optimizer)
+
+    def initial_masks(self, model: nn.Module) -> Masks:
+        return full_masks(model)
+
+    @property
+    def masks(self) -> Masks | None:
+        enforcer = getattr(self, "enforcer", None)
+        return None if enforcer is None else enforcer.masks
+
+    def current_sparsity(self) -> float:
+        masks = self.masks or {}
+        total = sum(m.numel() for m in masks.values())
+        return 1.0 - sum(int(m.sum()) for m in masks.values()) / total if total else 0.0
+
+    def prune_by_magnitude(self, sparsity: float) -> None:
+        """Keep the largest |w| so that `sparsity` of the prunable weights are zero
+        (already pruned weights stay pruned)."""
+        if sparsity <= self.current_sparsity() + 1e-12:
+            return
+        params = prunable_parameters(self.ctx.model)
+        scores = {n: params[n].detach().abs() for n in self.enforcer.masks}
+        self.enforcer.update(
+            select_masks(scores, sparsity=sparsity, scope=self.scope, current=self.enforcer.masks)
+        )
+
+    def metrics(self) -> dict[str, float]:
+        return {"mask_sparsity": self.current_sparsity()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("masks") is not None and hasattr(self, "enforcer"):
+            self.enforcer.update(state["masks"])

@@ -1,0 +1,71 @@
+"""Reading run directories back: config, final weights, masks, initial and rewind weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.config import RunConfig, load_config
+from prunelab.errors import DataError, PrunelabError
+from prunelab.masks import Masks, apply_masks, load_masks
+from prunelab.models import build_model
+
+
+@dataclass
+class LoadedRun:
+    """A finished run: its config, model with final weights (masks applied), masks, results."""
+
+    path: Path
+    config: RunConfig
+    model: nn.Module
+    masks: Masks | None
+    results: dict[str, Any]
+
+    def state(self, name: str) -> dict[str, torch.Tensor]:
+        """Weights saved during the run: 'init', 'final', 'epochK' or 'stepK'."""
+        if name == "init":
+            return _load_state(self.path / "init.pt")
+        if name == "final":
+            return _load_state(self.path / "weights.pt")
+        path = self.path / "checkpoints" / f"{name}.pt"
+        if not path.is_file():
+            have = sorted(p.stem for p in (self.path / "checkpoints").glob("*.pt"))
+            raise PrunelabError(
+                f"run {self.path} has no checkpoint '{name}'; available: "
+                f"{', '.join(['init'] + have)} (save steps with checkpoint_steps)"
+            )
+        return _load_state(path)
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"missing file {path}: not a finished prunelab run directory?") from None
+    except Exception as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def load_run(path: str | Path, input_shape: tuple[int, ...] | None = None,
+             num_classes: int | None = None) -> LoadedRun:
+    """Load a finished run directory. The model is rebuilt from the config; the input shape
+    and class count come from results.json (so the data need not be loaded)."""
+    path = Path(path)
+    if not (path / "results.json").is_file():
+        raise PrunelabError(f"{path} is not a finished prunelab run (no results.json)")
+    results = json.loads((path / "results.json").read_text())
+    cfg = load_config(path / "config.yaml")
+    ds = results.get("dataset", {})
+    shape = input_shape or tuple(ds["input_shape"])
+    classes = num_classes or int(ds["num_classes"])
+    model = build_model(cfg.model, shape, classes, **cfg.model_options)
+    model.load_state_dict(_load_state(path / "weights.pt"))
+    masks = load_masks(path / "masks.pt", model) if (path / "masks.pt").is_file() else None
+    if masks is not None:
+        apply_masks(model, masks)
+    return LoadedRun(path, cfg, model, masks, results)

@@ -1,0 +1,303 @@
+"""The Trainer: minibatch training with a pruning method hooked in, evaluation, checkpoints,
+and the run directory (config.yaml, metrics.jsonl, weights, masks, sparsity.json, results.json).
+
+Determinism: one seed fixes the initialisation (set before the model is built by `run`), the
+data split (passed to the loader) and the batch order (a dedicated generator).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from prunelab import atomic
+from prunelab.config import RunConfig, TrainConfig, save_config
+from prunelab.data import Dataset, load_dataset
+from prunelab.errors import ConfigError
+from prunelab.masks import apply_masks, save_masks, sparsity_report
+from prunelab.methods import PruningMethod, TrainContext, build_method
+from prunelab.models import build_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available) -> torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 2048,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy of `model` on (x, y), in eval mode, model mode restored after."""
+    loss_fn = loss_fn or F.cross_entropy
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        out = model(xb)
+        total_loss += float(loss_fn(out, yb)) * xb.shape[0]
+        correct += int((out.argmax(dim=1) == yb).sum())
+    model.train(was_training)
+    n = max(x.shape[0], 1)
+    return {"loss": total_loss / n, "accuracy": correct / n}
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov), Adam or AdamW from the config."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at `step` (0-based) of `total`."""
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    frac = step / max(total, 1)
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+    milestones = cfg.lr_milestones if cfg.lr_schedule == "multistep" else [0.5]
+    return cfg.lr_gamma ** sum(frac >= m for m in milestones)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run returns (also written to results.json)."""
+
+    metrics: list[dict[str, Any]]
+    final: dict[str, Any]
+    sparsity: dict[str, Any]
+    masks: dict[str, torch.Tensor] | None = None
+    initial_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    checkpoints: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    final_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+class Trainer:
+    """Trains `model` on `data` with `method` hooked in.
+
+    Works on any nn.Module classifier (logits out) and any Dataset; `loss_fn` defaults to
+    cross-entropy. With `out_dir`, writes metrics.jsonl, checkpoints, weights.pt, masks.pt and
+    sparsity.json there as training goes.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        config: TrainConfig | None = None,
+        method: PruningMethod | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        progress: bool | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.config = (config or TrainConfig()).validate()
+        self.device = resolve_device(self.config.device)
+        self.model = model.to(self.device)
+        self.data = data
+        self.method = method or PruningMethod()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.loss_fn = loss_fn or F.cross_entropy
+        self.log = log
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        model, data = self.model, self.data
+        x_train = data.x_train.to(self.device)
+        y_train = data.y_train.to(self.device)
+        n = x_train.shape[0]
+        steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+        total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        optimizer = make_optimizer(model, cfg)
+        ctx = TrainContext(model, optimizer, steps_per_epoch, total_steps, epochs, self.device)
+        initial_state = _snapshot(model)
+        self.method.attach(ctx)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        checkpoints: dict[str, dict[str, torch.Tensor]] = {"step0": initial_state}
+        wanted_steps = set(cfg.checkpoint_steps)
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic.save_torch(self.out_dir / "init.pt", initial_state)
+            (self.out_dir / "metrics.jsonl").write_text("")
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total_steps, desc=self.method.name, unit="step", leave=False)
+        metrics: list[dict[str, Any]] = []
+        step, start = 0, time.perf_counter()
+        model.train()
+        for epoch in range(1, epochs + 1):
+            order = torch.randperm(n, generator=generator).to(self.device)
+            running, seen = torch.zeros((), device=self.device), 0
+            for b in range(steps_per_epoch):
+                if step >= total_steps:
+                    break
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
+                out = model(xb)
+                loss = self.loss_fn(out, yb)
+                penalty = self.method.penalty(model)
+                total = loss if penalty is None else loss + penalty
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                step += 1
+                self.method.after_step(step)
+                running = running + loss.detach() * xb.shape[0]  # no per-step device sync
+                seen += xb.shape[0]
+                if step in wanted_steps:
+                    checkpoints[f"step{step}"] = _snapshot(model)
+                if bar is not None:
+                    bar.update(1)
+            self.method.after_epoch(epoch)
+            epoch_loss = float(running) / max(seen, 1)
+            if not math.isfinite(epoch_loss):
+                raise ConfigError(f"training diverged (loss {epoch_loss}) in epoch {epoch}; "
+                                  "lower the learning rate")
+            row = self._epoch_metrics(epoch, step, epoch_loss, time.perf_counter() - start)
+            metrics.append(row)
+            if cfg.checkpoint_epochs:
+                checkpoints[f"epoch{epoch}"] = _snapshot(model)
+            if self.out_dir is not None:
+                with open(self.out_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if bar is not None:
+                bar.set_postfix(test_acc=f"{row['test_accuracy']:.4f}")
+            if self.log is not None:
+                self.log(f"epoch {epoch}/{epochs} loss {row['train_loss']:.4f} "
+                         f"test acc {row['test_accuracy']:.4f}")
+            if step >= total_steps:
+                break
+        if bar is not None:
+            bar.close()
+        masks = self.method.masks
+        if masks is not None:
+            apply_masks(model, masks)
+        report = sparsity_report(model, masks, data.input_shape)
+        final = dict(metrics[-1])
+        final["train_seconds"] = time.perf_counter() - start
+        final["steps"] = step
+        result = TrainResult(metrics, final, report, masks, initial_state, checkpoints,
+                             _snapshot(model))
+        if self.out_dir is not None:
+            self._write_outputs(result)
+        return result
+
+    def _epoch_metrics(self, epoch: int, step: int, train_loss: float, seconds: float) -> dict:
+        row: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": train_loss}
+        if self.config.eval_train:
+            ev = evaluate(self.model, self.data.x_train, self.data.y_train,
+                          self.config.eval_batch_size, self.loss_fn)
+            row["train_eval_loss"], row["train_accuracy"] = ev["loss"], ev["accuracy"]
+        ev = evaluate(self.model, self.data.x_test, self.data.y_test,
+                      self.config.eval_batch_size, self.loss_fn)
+        row["test_loss"], row["test_accuracy"] = ev["loss"], ev["accuracy"]
+        row.update(self.method.metrics())
+        row["seconds"] = seconds
+        return row
+
+    def _write_outputs(self, result: TrainResult) -> None:
+        out = self.out_dir
+        assert out is not None
+        ckpt_dir = out / "checkpoints"
+        ckpt_dir.mkdir(exist_ok=True)
+        for name, state in result.checkpoints.items():
+            if name != "step0":
+                atomic.save_torch(ckpt_dir / f"{name}.pt", state)
+        atomic.save_torch(out / "weights.pt", result.final_state)
+        if result.masks is not None:
+            save_masks(out / "masks.pt", result.masks)
+        atomic.save_torch(out / "method_state.pt", self.method.state_dict())
+        atomic.write_json(out / "sparsity.json", result.sparsity)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def init_seed(cfg: RunConfig) -> int:
+    """The seed of the weight initialisation (defaults to the run's seed)."""
+    return cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
+
+
+def prepare(cfg: RunConfig) -> tuple[Dataset, nn.Module, PruningMethod]:
+    """Load the data, build the model (seeded init) and the method for a run config."""
+    cfg.train.validate()
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.train.seed,
+                        **cfg.data_options)
+    method = build_method(cfg.method, **cfg.method_options)
+    torch.manual_seed(init_seed(cfg))
+    model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
+    return data, model, method
+
+
+def run(
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool | None = None,
+    data: Dataset | None = None,
+    method: PruningMethod | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    extra_results: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train one run config end to end. With `out_dir`, everything is written to a staging
+    directory renamed into place only on success, ending with results.json."""
+    if data is None or method is None:
+        loaded_data, model, built_method = prepare(cfg)
+        data = data or loaded_data
+        method = method or built_method
+    else:
+        torch.manual_seed(init_seed(cfg))
+        model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
+    if out_dir is None:
+        return Trainer(model, data, cfg.train, method, progress=progress).fit()
+    with atomic.staged_directory(out_dir) as stage:
+        save_config(stage / "config.yaml", cfg)
+        result = Trainer(model, data, cfg.train, method, out_dir=stage, progress=progress).fit()
+        atomic.write_json(stage / "results.json", {
+            "config": cfg.to_dict(),
+            "run_name": cfg.run_name(),
+            "dataset": data.summary(),
+            "final": result.final,
+            "sparsity": result.sparsity["global"],
+            **(extra_results or {}),
+        })
+    return result
