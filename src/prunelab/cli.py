@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return args.func(args)
     except PrunelabError as exc:
-        print(f"prunelab: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # always one line
+        print(f"prunelab: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunelab: interrupted", file=sys.stderr)

@@ -415,8 +415,10 @@ def load_masks(path: str | Path, model: nn.Module | None = None) -> Masks:
         masks = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataError(f"masks file not found: {path}") from None
-    except Exception as exc:  # corrupt or not a torch file
-        raise DataError(f"cannot read masks file {path}: {exc}") from None
+    except Exception as exc:  # corrupt, truncated or not a torch file
+        raise DataError(
+            f"cannot read masks file {path}: corrupt or not a masks file ({type(exc).__name__})"
+        ) from None
     if not isinstance(masks, dict) or not all(isinstance(m, torch.Tensor) for m in masks.values()):
         raise DataError(f"{path} does not hold a dict of mask tensors")
     masks = {n: m.bool() for n, m in masks.items()}

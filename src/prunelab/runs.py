@@ -48,7 +48,8 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise DataError(f"missing file {path}: not a finished prunelab run directory?") from None
     except Exception as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+        raise DataError(f"cannot read {path}: corrupt or not a weights file "
+                        f"({type(exc).__name__})") from None
 
 
 def load_run(path: str | Path, input_shape: tuple[int, ...] | None = None,

@@ -1,4 +1,4 @@
-"""Datasets by name or file path: `load_dataset("xor", n_irrelevant=20)` or `load_dataset("x.arff")`.
+"""Datasets by name or path: `load_dataset("xor", n_irrelevant=20)`, `load_dataset("x.arff")`.
 """
 
 from __future__ import annotations

@@ -160,7 +160,10 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def _candidates(folder: str, stem: str) -> list[str]:
-    return [f"{folder}/{stem}.gz", f"{folder}/{stem}", f"{stem}.gz", stem]
+    # Bare file names at the top of a data directory are taken as MNIST only: Fashion-MNIST
+    # uses the same file names, so it must sit in its own folder to never load MNIST silently.
+    inside = [f"{folder}/{stem}.gz", f"{folder}/{stem}"]
+    return inside + [f"{stem}.gz", stem] if folder == "mnist" else inside
 
 
 def _normalize_key(name: str) -> str:
