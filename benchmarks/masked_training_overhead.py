@@ -9,7 +9,7 @@ first or last) and the median epoch time of each is reported with the ratios
     masked / dense          target <= 1.05   (masking costs at most 5%)
     torch_prune / masked    target >  1      (prunelab is faster than torch's prune hooks)
 
-Run: .venv/bin/python benchmarks/masked_training_overhead.py [--rounds 7] [--batches 60]
+Run: .venv/bin/python benchmarks/masked_training_overhead.py [--rounds 15] [--batches 60] [--quick]
 Writes benchmarks/results/masked_training_overhead.json.
 """
 
@@ -41,6 +41,9 @@ MOMENTUM = 0.9
 SPARSITY = 0.9
 MASKED_TARGET = 1.05  # masked / dense must be <= this
 VARIANTS = ("dense", "masked", "torch_prune")
+# Attribution of the masked overhead (--breakdown, on by default): MaskEnforcer with only one
+# of its two optimizer hooks, to see what each pass over the weights costs.
+BREAKDOWN = ("masked_grad_only", "masked_zero_only")
 
 
 class Variant:
@@ -83,7 +86,9 @@ def make_sgd(params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=LR, momentum=MOMENTUM)
 
 
-def build_variants(seed: int) -> tuple[dict[str, Variant], dict[str, torch.Tensor]]:
+def build_variants(
+    seed: int, breakdown: bool
+) -> tuple[dict[str, Variant], dict[str, torch.Tensor]]:
     torch.manual_seed(seed)
     base = build_model("lenet-300-100", INPUT_SHAPE, NUM_CLASSES)
     masks = make_masks(base, SPARSITY)
@@ -104,7 +109,19 @@ def build_variants(seed: int) -> tuple[dict[str, Variant], dict[str, torch.Tenso
         mod_name, _, attr = pname.rpartition(".")
         prune.custom_from_mask(modules[mod_name], attr, mask)
     tp = Variant("torch_prune", tp_model, make_sgd(tp_model.parameters()))
-    return {v.name: v for v in (dense, masked, tp)}, masks
+    variants = [dense, masked, tp]
+
+    if breakdown:
+        for name in BREAKDOWN:
+            model = copy.deepcopy(base)
+            opt = make_sgd(model.parameters())
+            enforcer = MaskEnforcer(model, masks)  # masks applied, no hooks yet
+            if name == "masked_grad_only":
+                opt.register_step_pre_hook(lambda *_, e=enforcer: e.mask_gradients())
+            else:
+                opt.register_step_post_hook(lambda *_, e=enforcer: e.enforce())
+            variants.append(Variant(name, model, opt))
+    return {v.name: v for v in variants}, masks
 
 
 def check_masked_zero(variants: dict[str, Variant], masks: dict[str, torch.Tensor]) -> None:
@@ -125,9 +142,10 @@ def check_masked_zero(variants: dict[str, Variant], masks: dict[str, torch.Tenso
     assert report["weight_sparsity"] >= expected - 1e-9, (report["weight_sparsity"], expected)
 
 
-def run(rounds: int, n_batches: int, warmup: int, seed: int,
+def run(rounds: int, n_batches: int, warmup: int, seed: int, breakdown: bool = True,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    variants, masks = build_variants(seed)
+    variants, masks = build_variants(seed, breakdown)
+    names_all = tuple(variants)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n_batches * BATCH, *INPUT_SHAPE, generator=g)
     y = torch.randint(0, NUM_CLASSES, (n_batches * BATCH,), generator=g)
@@ -141,14 +159,14 @@ def run(rounds: int, n_batches: int, warmup: int, seed: int,
         for v in variants.values():
             v.epoch(batches)
     for r in range(rounds):
-        names = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
-        for name in names:
+        k = r % len(names_all)
+        for name in names_all[k:] + names_all[:k]:
             variants[name].times.append(variants[name].epoch(batches))
         log(f"round {r + 1}/{rounds}: " + "  ".join(
-            f"{n} {variants[n].times[-1] * 1e3:7.1f} ms" for n in VARIANTS))
+            f"{n} {variants[n].times[-1] * 1e3:.1f}" for n in names_all) + " (ms)")
 
     check_masked_zero(variants, masks)
-    med = {n: median(variants[n].times) for n in VARIANTS}
+    med = {n: median(variants[n].times) for n in names_all}
     # Paired per-round ratios too: both variants of a round ran back to back, under the same
     # background load, so their median is a second, load-robust estimate.
     paired_md = median([m / d for m, d in zip(variants["masked"].times,
@@ -175,9 +193,10 @@ def run(rounds: int, n_batches: int, warmup: int, seed: int,
             "seed": seed,
             "data": "synthetic N(0,1) inputs, uniform random labels",
         },
-        "epoch_seconds": {n: variants[n].times for n in VARIANTS},
+        "epoch_seconds": {n: variants[n].times for n in names_all},
         "median_epoch_seconds": med,
-        "median_step_ms": {n: med[n] / n_batches * 1e3 for n in VARIANTS},
+        "median_step_ms": {n: med[n] / n_batches * 1e3 for n in names_all},
+        "overhead_over_dense": {n: med[n] / med["dense"] - 1.0 for n in names_all},
         "ratios": {
             "masked_over_dense": ratio_md,
             "torch_prune_over_masked": ratio_tm,
@@ -192,7 +211,7 @@ def run(rounds: int, n_batches: int, warmup: int, seed: int,
             "masked_over_dense": ratio_md <= MASKED_TARGET,
             "torch_prune_over_masked": ratio_tm > 1.0,
         },
-        "final_train_loss": {n: variants[n].losses[-1] for n in VARIANTS},
+        "final_train_loss": {n: variants[n].losses[-1] for n in names_all},
         "masked_weights_zero": True,
     }
 
@@ -204,9 +223,10 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"\nLeNet-300-100, batch {s['batch_size']}, {s['batches_per_epoch']} batches/epoch, "
           f"{s['mask_sparsity']:.0%} sparsity, median of {s['rounds']} interleaved rounds "
           f"({m['cpu_model']}, {m['torch_threads']} threads, torch {m['torch_version']})")
-    print(f"{'variant':<14}{'epoch ms':>10}{'step ms':>10}")
-    for n in VARIANTS:
-        print(f"{n:<14}{med[n] * 1e3:>10.1f}{res['median_step_ms'][n]:>10.3f}")
+    print(f"{'variant':<18}{'epoch ms':>10}{'step ms':>10}{'vs dense':>10}")
+    for n in med:
+        print(f"{n:<18}{med[n] * 1e3:>10.1f}{res['median_step_ms'][n]:>10.3f}"
+              f"{res['overhead_over_dense'][n]:>+10.1%}")
     print(f"masked / dense       = {r['masked_over_dense']:.3f} "
           f"(paired {r['paired_masked_over_dense']:.3f})  target <= {MASKED_TARGET}  "
           f"{verdict(ok['masked_over_dense'])}")
@@ -218,15 +238,17 @@ def print_table(res: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds (7)")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved timed rounds (15)")
     ap.add_argument("--batches", type=int, default=60, help="batches per epoch (60)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant (1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                    help="skip the two single-hook variants that attribute the masked overhead")
     ap.add_argument("--quick", action="store_true", help="3 rounds of 20 batches (smoke test)")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.batches = 3, 20
-    res = run(args.rounds, args.batches, args.warmup, args.seed)
+    res = run(args.rounds, args.batches, args.warmup, args.seed, args.breakdown)
     print_table(res)
     path = write_results(NAME, res)
     print(f"wrote {path}")

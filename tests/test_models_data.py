@@ -29,7 +29,7 @@ def test_registry_models_have_the_published_sizes(name, shape, params):
 
 def test_mlp_options_and_errors():
     m = build_model("mlp", (12,), 3, widths=[7, 5], activation="tanh")
-    assert [l.out_features for l in m if isinstance(l, torch.nn.Linear)] == [7, 5, 3]
+    assert [x.out_features for x in m if isinstance(x, torch.nn.Linear)] == [7, 5, 3]
     assert isinstance(m[2], torch.nn.Tanh)
     with pytest.raises(UnknownNameError, match="valid models: .*lenet5"):
         build_model("resnet", (12,), 3)

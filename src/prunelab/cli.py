@@ -156,10 +156,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from prunelab.experiments import registry
+
+    if args.name == "list":
+        for name, desc in registry.available().items():
+            print(f"{name:18s} {desc}")
+        return 0
+    run = registry.get(args.name)
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.name}"
+    run(out, quick=args.quick, progress=_progress(args), log=print)
+    print(f"wrote {out}/report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from prunelab import __version__
 
-    parser = _Parser(prog="prunelab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="prunelab", description="prunelab: prune neural networks and study "
+                     "why sparse networks are hard to train.")
     parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
@@ -199,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer sparsities and seeds")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("reproduce", help="reproduce one paper claim end to end, with a report")
+    p.add_argument("name", help="a reproduction name, or 'list'")
+    p.add_argument("--quick", action="store_true", help="a smaller run (minutes)")
+    p.add_argument("--out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
+    from prunelab.commands import register_all
+
+    register_all(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ class UnknownNameError(PrunelabError):
     """A registry lookup failed; the message lists the valid names."""
 
     def __init__(self, kind: str, name: str, valid: Iterable[str]):
-        valid_list = ", ".join(sorted(valid))
+        valid_list = ", ".join(sorted(valid)) or "none available"
         super().__init__(f"unknown {kind} '{name}'; valid {kind}s: {valid_list}")
         self.kind, self.name = kind, name
 
