@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,3 +162,33 @@ def find_data_file(
         f"data file '{candidates[0]}' not found in {where}; get it with '{get_with}' "
         "or point --data-dir / PRUNELAB_DATA at a directory holding it"
     )
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message folded onto one line (for user-facing errors)."""
+    return " ".join((str(exc) or type(exc).__name__).split())
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """A data file's bytes, gunzipped when it starts with the gzip magic bytes (whatever its
+    name). Missing, unreadable, truncated or corrupt files raise DataError naming the file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data file {path} not found") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {one_line(exc)}") from None
+    if raw[:2] != GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except EOFError:
+        raise DataError(
+            f"{path} is truncated: the gzip stream ends early (delete it and fetch it again)"
+        ) from None
+    except (OSError, zlib.error, ValueError) as exc:
+        raise DataError(f"{path} is not a valid gzip file: {one_line(exc)}") from None

@@ -6,7 +6,6 @@ Nothing here touches the network except `download`, which the user asks for expl
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import math
@@ -14,13 +13,19 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prunelab.data.base import Dataset, data_dirs, find_data_file, to_dataset
+from prunelab.data.base import (
+    Dataset,
+    data_dirs,
+    find_data_file,
+    one_line,
+    read_file_bytes,
+    to_dataset,
+)
 from prunelab.errors import ConfigError, DataError, UnknownNameError, check_range
 
 # idx type code -> (numpy dtype, big-endian as stored in the file)
@@ -90,31 +95,6 @@ _IMAGE_SETS: dict[str, dict[str, Any]] = {
 NORMALIZE_CHOICES = ("standard", "unit")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when it starts with the gzip magic bytes."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"data file {path} not found") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {_one_line(exc)}") from None
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except EOFError:
-        raise DataError(
-            f"{path} is truncated: the gzip stream ends early (delete it and fetch it again)"
-        ) from None
-    except (OSError, zlib.error, ValueError) as exc:
-        raise DataError(f"{path} is not a valid gzip file: {_one_line(exc)}") from None
-
-
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an idx file (gzip-compressed or raw) into an array of its native dtype and shape.
 
@@ -122,7 +102,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     that does not match the header raises DataError naming the file.
     """
     path = Path(path)
-    buf = _read_bytes(path)
+    buf = read_file_bytes(path)
     if len(buf) < 4:
         raise DataError(f"{path} is not an idx file: only {len(buf)} bytes long")
     if buf[0] != 0 or buf[1] != 0:
@@ -338,12 +318,12 @@ def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
                         out.write(chunk)
             except urllib.error.HTTPError as exc:
                 raise DataError(
-                    f"could not download {url} : HTTP {exc.code} {_one_line(exc.reason)}"
+                    f"could not download {url} : HTTP {exc.code} {one_line(exc.reason)}"
                 ) from None
             except urllib.error.URLError as exc:
-                raise DataError(f"could not download {url} : {_one_line(exc.reason)}") from None
+                raise DataError(f"could not download {url} : {one_line(exc.reason)}") from None
             except (OSError, ValueError, http.client.HTTPException) as exc:
-                raise DataError(f"could not download {url} : {_one_line(exc)}") from None
+                raise DataError(f"could not download {url} : {one_line(exc)}") from None
         got = h.hexdigest()
         if got != md5:
             raise DataError(
@@ -371,7 +351,7 @@ def download(
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"cannot create data directory {target}: {_one_line(exc)}") from None
+        raise DataError(f"cannot create data directory {target}: {one_line(exc)}") from None
     paths = []
     for fname, url, md5 in CANONICAL_FILES[key]:
         dest = target / fname

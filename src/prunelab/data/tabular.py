@@ -13,8 +13,6 @@ it spans (so missing="mean" imputes category frequencies).
 from __future__ import annotations
 
 import csv
-import gzip
-import zlib
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from prunelab.data.base import (
     data_dirs,
     encode_labels,
     find_data_file,
+    read_file_bytes,
     stratified_split,
     to_dataset,
 )
@@ -48,22 +47,7 @@ _NUMERIC_TYPES = frozenset({"numeric", "real", "integer"})
 
 def _read_text(path: str | Path) -> str:
     """Whole file as text; gunzipped when it starts with the gzip magic bytes."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"data file {path} not found") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except EOFError:
-            raise DataError(f"{path} is truncated: the gzip stream ends early") from None
-        except (OSError, zlib.error, ValueError) as exc:
-            raise DataError(
-                f"{path} is not a valid gzip file: {' '.join(str(exc).split())}"
-            ) from None
+    raw = read_file_bytes(path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -6,7 +6,9 @@ import dataclasses
 from typing import Any
 
 from prunelab.errors import ConfigError, UnknownNameError
+from prunelab.methods.annealed import AnnealedPruning
 from prunelab.methods.base import MaskedMethod, PruningMethod, TrainContext
+from prunelab.methods.biobjective import BiobjectiveTraining
 from prunelab.methods.magnitude import FixedMask, GradualMagnitude, OneShotMagnitude
 
 METHODS: dict[str, type[PruningMethod]] = {
@@ -14,6 +16,8 @@ METHODS: dict[str, type[PruningMethod]] = {
     "magnitude": OneShotMagnitude,
     "gmp": GradualMagnitude,
     "fixed-mask": FixedMask,
+    "biobjective": BiobjectiveTraining,
+    "annealed": AnnealedPruning,
 }
 
 # Methods that drive several training runs rather than hooking into one (see lottery.py).
