@@ -179,3 +179,33 @@ def test_trainer_on_a_users_own_model():
                                               lr=1e-2), method, progress=False).fit()
     assert result.final["test_accuracy"] > 0.8
     assert result.sparsity["global"]["weight_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_method_may_replace_model_and_optimizer_mid_training():
+    """Protocol: the Trainer reads ctx.model / ctx.optimizer back after each hook."""
+    from dataclasses import dataclass
+
+    from prunelab import PruningMethod, Trainer
+
+    @dataclass
+    class Swap(PruningMethod):
+        calls: int = 0
+
+        def batch_loss(self, model, x, y, loss_fn):
+            self.calls += 1
+            return loss_fn(model(x), y)
+
+        def after_epoch(self, epoch):
+            if epoch == 1:
+                new = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 2))
+                self.ctx.model = new
+                self.ctx.optimizer = torch.optim.SGD(new.parameters(), lr=0.1)
+
+    data = load_dataset("xor", n_irrelevant=4, n_train=64, n_test=32, seed=0)
+    model = build_model("mlp", (6,), 2, widths=[8])
+    method = Swap()
+    trainer = Trainer(model, data, TrainConfig(epochs=2, batch_size=16), method, progress=False)
+    result = trainer.fit()
+    assert method.calls == 8
+    assert trainer.model is method.ctx.model and trainer.model is not model
+    assert set(result.final_state) == {"1.weight", "1.bias"}

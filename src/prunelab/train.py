@@ -134,7 +134,8 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.config
-        model, data = self.model, self.data
+        data = self.data
+        model = self.model
         x_train = data.x_train.to(self.device)
         y_train = data.y_train.to(self.device)
         n = x_train.shape[0]
@@ -160,6 +161,8 @@ class Trainer:
         metrics: list[dict[str, Any]] = []
         step, start = 0, time.perf_counter()
         model.train()
+        # The method may replace ctx.model / ctx.optimizer (e.g. after physically removing
+        # units), so both are read back from the context after every hook.
         for epoch in range(1, epochs + 1):
             order = torch.randperm(n, generator=generator).to(self.device)
             running, seen = torch.zeros((), device=self.device), 0
@@ -170,8 +173,7 @@ class Trainer:
                 xb, yb = x_train[idx], y_train[idx]
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
-                out = model(xb)
-                loss = self.loss_fn(out, yb)
+                loss = self.method.batch_loss(model, xb, yb, self.loss_fn)
                 penalty = self.method.penalty(model)
                 total = loss if penalty is None else loss + penalty
                 optimizer.zero_grad(set_to_none=True)
@@ -179,6 +181,8 @@ class Trainer:
                 optimizer.step()
                 step += 1
                 self.method.after_step(step)
+                model = self.model = ctx.model
+                optimizer = ctx.optimizer
                 running = running + loss.detach() * xb.shape[0]  # no per-step device sync
                 seen += xb.shape[0]
                 if step in wanted_steps:
@@ -186,6 +190,8 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
             self.method.after_epoch(epoch)
+            model = self.model = ctx.model
+            optimizer = ctx.optimizer
             epoch_loss = float(running) / max(seen, 1)
             if not math.isfinite(epoch_loss):
                 raise ConfigError(f"training diverged (loss {epoch_loss}) in epoch {epoch}; "

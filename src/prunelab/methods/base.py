@@ -21,7 +21,8 @@ from prunelab.selection import select_masks
 
 @dataclass
 class TrainContext:
-    """What a method may look at when it attaches."""
+    """Training state shared with the method. A method may replace `model` and `optimizer`
+    (e.g. after physically removing units); the Trainer reads them back after each hook."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -39,6 +40,13 @@ class PruningMethod:
 
     def attach(self, ctx: TrainContext) -> None:
         self.ctx = ctx
+
+    def batch_loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn
+    ) -> torch.Tensor:
+        """The data loss of one minibatch. Stochastic methods override it (per-sample losses
+        for score-function estimators, extra forward passes for exact estimates)."""
+        return loss_fn(model(x), y)
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         return None
