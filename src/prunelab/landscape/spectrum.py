@@ -357,4 +357,39 @@ def near_zero_fraction(eigenvalues: np.ndarray | list[float], *, rel: float = 1e
 __all__ = ["EigenResult", "OutlierCount", "SpectralDensity", "TraceEstimate",
            "bottom_eigenvalues", "count_outliers", "exact_eigenvalues", "extreme_eigenpairs",
            "hutchinson_trace", "hutchpp_trace", "lanczos", "near_zero_fraction",
-           "spectral_density", "top_eigenvalues"]
+           "plot_density", "plot_eigenvalues", "spectral_density", "top_eigenvalues"]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_eigenvalues(ax: Any, eigenvalues: np.ndarray | list[float], *,
+                     label: str | None = None, title: str | None = None) -> None:
+    """Eigenvalues sorted largest first, magnitude on a log scale (negative ones hollow);
+    magnitudes below 1e-10 of the largest are drawn at that floor (numerically zero)."""
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))[::-1]
+    idx = np.arange(1, lam.size + 1)
+    mag = np.abs(lam)
+    mag = np.maximum(mag, max(float(mag.max()) * 1e-10, 1e-300))
+    pos = lam > 0
+    line = ax.plot(idx[pos], mag[pos], ".", ms=4, label=label)
+    if (~pos).any():
+        ax.plot(idx[~pos], mag[~pos], "o", ms=3, mfc="none", color=line[0].get_color(),
+                label=None if label is None else f"{label} (negative, |λ|)")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("|eigenvalue|")
+    if title:
+        ax.set_title(title)
+
+
+def plot_density(ax: Any, density: SpectralDensity, *, label: str | None = None,
+                 title: str | None = None) -> None:
+    """A spectral density on a log y-axis (floored at 1e-8 of its peak so it stays visible)."""
+    floor = max(float(density.density.max()) * 1e-8, 1e-300)
+    ax.plot(density.grid, np.maximum(density.density, floor), label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density")
+    if title:
+        ax.set_title(title)
