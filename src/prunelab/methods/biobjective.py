@@ -51,11 +51,12 @@ def l1_parameters(model: nn.Module, spec: Sequence[str] = ("Linear",)) -> dict[s
         spec = [spec]
     params = dict(model.named_parameters())
     type_names = {type(m).__name__ for m in model.modules()}
-    unknown = [s for s in spec if s not in params and s not in type_names]
+    known_type = lambda s: s in type_names or isinstance(getattr(nn, s, None), type)  # noqa: E731
+    unknown = [s for s in spec if s not in params and not known_type(s)]
     if unknown:
         raise ConfigError(
-            f"l1_params entry '{unknown[0]}' is neither a module type of the model "
-            f"({', '.join(sorted(type_names))}) nor a parameter name (e.g. "
+            f"l1_params entry '{unknown[0]}' is neither a module type (the model has "
+            f"{', '.join(sorted(type_names))}) nor a parameter name (e.g. "
             f"{', '.join(list(params)[:4])})"
         )
     chosen: set[str] = {s for s in spec if s in params}
@@ -97,12 +98,14 @@ def l2_half(params: dict[str, torch.Tensor] | Sequence[torch.Tensor]) -> torch.T
 
 
 @torch.no_grad()
-def prune_small_(params: dict[str, torch.Tensor], tau: float) -> int:
-    """Set every entry with |w| <= tau to exactly zero, in place; returns the number of zeros."""
+def prune_small_(params: dict[str, torch.Tensor], tau: float, *, count: bool = True) -> int:
+    """Set every entry with |w| <= tau to exactly zero, in place; returns the number of zeros
+    (0 without `count`, which saves a device sync per call)."""
     zeros = 0
     for p in params.values():
         p.masked_fill_(p.abs() <= tau, 0.0)
-        zeros += int((p == 0).sum())
+        if count:
+            zeros += int((p == 0).sum())
     return zeros
 
 
@@ -154,7 +157,7 @@ class BiobjectiveTraining(PruningMethod):
             self.enforcer = MaskEnforcer(ctx.model, masks).attach(ctx.optimizer)
 
     def _prune(self) -> None:
-        self._zeros = prune_small_(self._l1, self.tau)
+        prune_small_(self._l1, self.tau, count=False)
         if self.enforcer is not None:
             newly = {n: self.enforcer.masks[n] & (p.detach() != 0) for n, p in self._l1.items()}
             if any(int(newly[n].sum()) != int(self.enforcer.masks[n].sum()) for n in newly):
@@ -186,7 +189,8 @@ class BiobjectiveTraining(PruningMethod):
         total = sum(p.numel() for p in self._l1.values())
         with torch.no_grad():
             l1 = float(l1_norm(self._l1))
-        return {"l1": l1, "l1_set_sparsity": self._zeros / max(total, 1)}
+            zeros = sum(int(p.eq(0).sum()) for p in self._l1.values())
+        return {"l1": l1, "l1_set_sparsity": zeros / max(total, 1)}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -131,7 +131,8 @@ def plot_accuracy_front(
     ylabel: str = "accuracy",
 ) -> None:
     """Accuracy vs nonzero weights; the points that are non-dominated in (-accuracy, nonzero)
-    joined, the knee and SMGD (pairs (nonzero, accuracy)) marked; log x axis."""
+    joined, the knee and SMGD (pairs (nonzero, accuracy)) marked; log x axis (symlog when a
+    solution has no nonzero weight)."""
     nz, acc = np.asarray(nonzero, dtype=float), np.asarray(accuracy, dtype=float)
     if nz.size:
         ax.scatter(nz, acc, color="0.6", s=20, label="weighted-sum runs")
@@ -143,5 +144,7 @@ def plot_accuracy_front(
         _mark(ax, xy, label, "P", "C1")
     if nz.size and np.all(nz > 0):
         ax.set_xscale("log")
+    elif nz.size:  # an all-zero solution: linear near 0, logarithmic beyond
+        ax.set_xscale("symlog", linthresh=100)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend(fontsize=8)
