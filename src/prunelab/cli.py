@@ -60,6 +60,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prunelab.methods import list_methods, method_options
     from prunelab.models import MODELS
 
+    if args.method == "list":
+        for name in list_methods():
+            print(f"{name:12s} options: {', '.join(method_options(name)) or 'none'}")
+        return 0
     cfg = load_config(args.config) if args.config else RunConfig()
     if args.model:
         cfg.model = args.model
@@ -82,6 +86,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "sparsity" not in method_options(cfg.method):
             raise PrunelabError(f"method '{cfg.method}' takes no --sparsity")
         cfg.method_options["sparsity"] = args.sparsity
+    if args.weight is not None:
+        if "weight" not in method_options(cfg.method):
+            raise PrunelabError(f"method '{cfg.method}' takes no --weight")
+        cfg.method_options["weight"] = args.weight
     cfg.train = TrainConfig(**{**cfg.train.__dict__, **_train_overrides(args)}).validate()
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
     if cfg.method == "imp":
@@ -182,8 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a run config YAML (flags override it)")
     p.add_argument("--model", help="registered model name (see the README)")
     p.add_argument("--dataset", help="registered dataset name or a data file path")
-    p.add_argument("--method", help="dense, magnitude, gmp, imp, fixed-mask")
+    p.add_argument("--method", help="a method name ('prunelab train --method list' lists them)")
     p.add_argument("--sparsity", type=float, help="target weight sparsity in [0, 1)")
+    p.add_argument("--weight", type=float,
+                   help="biobjective: weight of the cross-entropy in (0, 1] (l1 gets 1 - weight)")
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="a method option, e.g. -o begin=0.2 -o scope=layer")
     p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
