@@ -123,7 +123,8 @@ class Store:
         with self._errors("open"):
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
+            if self._schema_version() == SCHEMA_VERSION:
+                return  # an existing store: opening needs no write lock
             with self._transaction():
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     self._conn.execute(stmt)
@@ -134,6 +135,15 @@ class Store:
                 elif int(row[0]) != SCHEMA_VERSION:
                     raise StoreError(f"results database {self.path} has schema version {row[0]}"
                                      f"; this prunelab reads version {SCHEMA_VERSION}")
+
+    def _schema_version(self) -> int | None:
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return None if row is None else int(row[0])
 
     # ------------------------------------------------------------------ plumbing
 

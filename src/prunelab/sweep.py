@@ -29,6 +29,7 @@ Spec keys (all optional except `methods`):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import os
@@ -371,6 +372,18 @@ def spec_from_dict(data: Any, *, default_name: str = "sweep") -> SweepSpec:
     )
 
 
+def select_tasks(spec: SweepSpec, tasks: Iterable[str] | None) -> SweepSpec:
+    """The spec restricted to some of its tasks (unknown names list the valid ones)."""
+    if not tasks:
+        return spec
+    valid = list(dict.fromkeys(c.task for c in spec.cells))
+    for t in tasks:
+        if t not in valid:
+            raise UnknownNameError("task", t, valid)
+    keep = set(tasks)
+    return dataclasses.replace(spec, cells=[c for c in spec.cells if c.task in keep])
+
+
 # ----------------------------------------------------------------------------- one run
 
 
@@ -482,7 +495,7 @@ def _run_pool(cells: list[Cell], out: Path, workers: int, threads: int, on_start
                               "memory)"}
                 on_done(c, result)
             if broken:
-                for fut, c in list(inflight.items()):
+                for c in list(inflight.values()):
                     on_done(c, {"ok": False, "error": "the worker process died (killed or "
                                 "out of memory)"})
                 inflight.clear()
@@ -507,58 +520,71 @@ def _parse_address(address: str) -> tuple[str, int] | None:
             from None
 
 
+def probe_address(address: str, timeout: float = RAY_TIMEOUT) -> None:
+    """Fail with one line unless something listens at the Ray address within `timeout`."""
+    import socket
+
+    hostport = _parse_address(address)
+    if hostport is None:
+        return
+    try:
+        socket.create_connection(hostport, timeout=min(timeout, 5.0)).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); check "
+            "--address (HOST:PORT of the head node, default port 6379) or use "
+            "--executor local") from None
+
+
+_RAY_PROBE = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.shutdown()"
+
+
 def connect_ray(address: str | None, *, num_cpus: int | None = None,
                 timeout: float = RAY_TIMEOUT) -> tuple[Any, bool]:
     """Connect to the Ray cluster at `address` (or start a local one when None).
 
-    Returns (ray module, whether we started it). An unreachable address fails within
-    `timeout` seconds with one line instead of hanging."""
+    Returns (ray module, whether this call started or connected Ray). ray.init on an address
+    that answers but is no Ray head retries for minutes, so an address is first tried from a
+    child process killed after `timeout` seconds: the sweep fails with one line, never hangs."""
+    import logging
+    import subprocess
+
     try:
         import ray
     except ImportError:
         raise ConfigError("executor 'ray' needs the ray package (pip install 'prunelab[ray]'); "
                           "or use --executor local") from None
-    import socket
-
+    if ray.is_initialized():
+        return ray, False
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        hostport = _parse_address(address)
-        if hostport is not None:
-            try:
-                socket.create_connection(hostport, timeout=min(timeout, 5.0)).close()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); check "
-                    "--address (HOST:PORT of the head node, default port 6379) or use "
-                    "--executor local") from None
-    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
-    if address:
+        probe_address(address, timeout)
+        try:
+            proc = subprocess.run([sys.executable, "-c", _RAY_PROBE, address],
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"the Ray cluster at {address} did not answer within {timeout:g} "
+                              "s (is it a Ray head node?); raise --ray-timeout or use "
+                              "--executor local") from None
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise ConfigError(f"cannot connect to the Ray cluster at {address}: {last}")
         kwargs["address"] = address
     else:
         kwargs.update(num_cpus=num_cpus, include_dashboard=False)
-    box: dict[str, Any] = {}
-
-    def init() -> None:
-        try:
-            box["ctx"] = ray.init(**kwargs)
-        except Exception as exc:  # reported below as one line
-            box["error"] = exc
-
-    started = not ray.is_initialized()
-    thread = threading.Thread(target=init, daemon=True)
-    thread.start()
-    thread.join(timeout if address else max(timeout, 120.0))
-    if thread.is_alive():
-        raise ConfigError(f"Ray did not connect to {address or 'a local cluster'} within "
-                          f"{timeout:g} s; check the address or use --executor local")
-    if "error" in box:
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # one line instead of Ray's traceback
         raise ConfigError(f"cannot start Ray at {address or 'a local cluster'}: "
-                          f"{_one_line(box['error'])}")
-    return ray, started
+                          f"{_one_line(exc)}") from None
+    return ray, True
 
 
 def _run_ray(cells: list[Cell], out: Path, workers: int | None, threads: int,
              address: str | None, on_start, on_done: Done, timeout: float) -> None:
-    ray, started = connect_ray(address, num_cpus=workers, timeout=timeout)
+    # a local Ray gets exactly the CPUs the runs ask for (each run reserves `threads`)
+    ray, started = connect_ray(address, num_cpus=None if workers is None else workers * threads,
+                               timeout=timeout)
     try:
         remote = ray.remote(num_cpus=threads, max_retries=0)(execute_cell)
         if workers is None:
@@ -660,13 +686,16 @@ def run_sweep(
     if context not in ("spawn", "forkserver"):
         raise ConfigError(f"context must be spawn or forkserver; got '{context}'")
     address = address or spec.ray_address
-    workers = workers or spec.workers
+    check_range("ray_timeout", ray_timeout, 0.0, low_inclusive=False)
+    workers = spec.workers if workers is None else workers
     if workers is not None:
         check_range("workers", workers, 1)
     cores = available_cores()
     if executor == "local" and workers is None:
         workers = cores
-    threads = threads or spec.threads or max(1, cores // (workers or cores))
+    threads = spec.threads if threads is None else threads
+    if threads is None:
+        threads = max(1, cores // (workers or cores))
     check_range("threads", threads, 1)
     log = log or (lambda s: None)
     out = output_dir(spec, out)
@@ -735,7 +764,8 @@ def run_sweep(
         finally:
             if bar is not None:
                 bar.close()
-        rows = store.rows(sweep=spec.name)
+        wanted = {c.config_hash for c in spec.cells}
+        rows = [r for r in store.rows() if r["config_hash"] in wanted]
     return SweepResult(out, out / DB_NAME, len(spec.cells), skipped, recovered, executed,
                        failed, rows, time.perf_counter() - start)
 

@@ -7,9 +7,9 @@ import argparse
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from prunelab.report import text_table
-    from prunelab.sweep import load_spec, output_dir, run_sweep, summary_rows
+    from prunelab.sweep import load_spec, output_dir, run_sweep, select_tasks, summary_rows
 
-    spec = load_spec(args.spec)
+    spec = select_tasks(load_spec(args.spec), args.task)
     out = output_dir(spec, args.out)
     if args.dry_run:
         rows = [{"task": c.task, "label": c.label, "sparsity": "-" if c.sparsity is None
@@ -49,6 +49,8 @@ def register(subparsers) -> None:
                    "Ray for the sweep)")
     p.add_argument("--ray-timeout", type=float, default=20.0,
                    help="seconds to reach the Ray cluster before giving up (default 20)")
+    p.add_argument("--task", action="append", metavar="NAME",
+                   help="run only this task of the spec (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
