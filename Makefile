@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
+WITH_RAY ?= 0
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast test-slow lint format bench clean
@@ -16,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
 	$(PIP) install --quiet -e ".[dev]"
+	if [ "$(WITH_RAY)" = "1" ]; then $(PIP) install --quiet --only-binary=ray "ray>=2.9" \
+	  || echo "no ray wheel for this platform: the Ray executor tests skip"; fi
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,6 +40,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/masked_training_overhead.py
 	PRUNELAB_DATA=$${PRUNELAB_DATA:-../shared/data} $(PY) benchmarks/mnist_gmp.py
+	$(PY) benchmarks/sweep_parallel.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
