@@ -35,7 +35,7 @@ from prunelab.config import TrainConfig
 from prunelab.data import Dataset
 from prunelab.errors import ConfigError
 from prunelab.masks import prunable_parameters
-from prunelab.methods.annealed import AnnealedPruning, AnnealingPlan
+from prunelab.methods.annealed import AnnealedPruning, AnnealingPlan, protect_top
 from prunelab.methods.base import PruningMethod
 from prunelab.methods.magnitude import FixedMask
 from prunelab.train import lr_factor, make_optimizer
@@ -231,8 +231,12 @@ class EnsembleTrainer:
         groups = [self.prunable] if plan.scope == "global" else [[n] for n in self.prunable]
         for names in groups:
             k = counts["*"] if plan.scope == "global" else counts[names[0]]
-            scores = torch.cat([params[n].detach().abs().masked_fill(~self.masks[n], -math.inf)
-                                .reshape(r, -1) for n in names], dim=1)
+            blocks = [params[n].detach().abs().masked_fill(~self.masks[n], -math.inf)
+                      .reshape(r, -1) for n in names]
+            if plan.scope == "global" and self.method.min_layer_keep > 0:
+                blocks = [protect_top(b, self.method.min_layer_keep, stacked=True)
+                          for b in blocks]
+            scores = torch.cat(blocks, dim=1)
             alive = int(torch.isfinite(scores).sum(1).max())
             if alive <= k:
                 continue

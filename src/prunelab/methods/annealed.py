@@ -15,6 +15,10 @@ Choices where the papers leave room (all options):
   each layer with its own M_l and k_l (k_l = round(M_l (1 - sparsity)), or the `keep` count
   shared in proportion to layer size, as `prunelab.selection` does).
 - The annealing must fit in training: warmup + ceil(N / 2) <= training length (in `unit`).
+- `min_layer_keep` (global scope only, default 0): each layer's that-many largest surviving
+  weights are always among the kept ones, so a global target cannot empty a small layer (e.g.
+  the output layer of a net on thousands of inputs). With 0, a global step that would empty a
+  layer raises ConfigError.
 """
 
 from __future__ import annotations
@@ -81,6 +85,17 @@ def resolve_keep(
     return out
 
 
+def protect_top(scores: torch.Tensor, m: int, *, stacked: bool = False) -> torch.Tensor:
+    """Scores with the m largest surviving (> -inf) entries raised to the largest finite float
+    so a selection keeps them; per member along dim 0 when `stacked`, else over the tensor."""
+    flat = scores.reshape(scores.shape[0], -1) if stacked else scores.reshape(1, -1)
+    vals, idx = torch.topk(flat, min(m, flat.shape[1]), dim=1)
+    top = torch.full_like(vals, torch.finfo(scores.dtype).max)
+    out = flat.clone()
+    out.scatter_(1, idx, torch.where(torch.isfinite(vals), top, vals))
+    return out.view_as(scores)
+
+
 @dataclass
 class AnnealedPruning(MaskedMethod):
     """Annealed magnitude pruning to `keep` weights (or `sparsity`), rate `mu`, over `length`
@@ -92,6 +107,7 @@ class AnnealedPruning(MaskedMethod):
     length: int | None = None
     unit: str = "epoch"
     warmup: int = 0
+    min_layer_keep: int = 0
 
     name = "annealed"
 
@@ -108,6 +124,7 @@ class AnnealedPruning(MaskedMethod):
         if self.length is not None:
             check_range("length", self.length, 1)
         check_range("warmup", self.warmup, 0)
+        check_range("min_layer_keep", self.min_layer_keep, 0)
         if self.unit not in UNITS:
             raise ConfigError(f"unit must be one of {', '.join(UNITS)}; got '{self.unit}'")
         if self.scope not in ("global", "layer"):
@@ -128,6 +145,9 @@ class AnnealedPruning(MaskedMethod):
                 f"{2 * (horizon - self.warmup)}"
             )
         keeps = resolve_keep(sizes, sparsity=self.sparsity, keep=self.keep, scope=self.scope)
+        if self.scope == "global" and self.min_layer_keep * len(sizes) > keeps["*"]:
+            raise ConfigError(f"min_layer_keep ({self.min_layer_keep}) x {len(sizes)} layers "
+                              f"exceeds the keep count ({keeps['*']})")
         total = sum(sizes.values())
         schedules = {
             name: AnnealingSchedule(total if name == "*" else sizes[name], k, length, self.mu)
@@ -160,6 +180,9 @@ class AnnealedPruning(MaskedMethod):
         if sum(int(m.sum()) for m in current.values()) <= self.keep_target:
             return
         scores = {n: params[n].detach().abs() for n in current}
+        if self.annealing.scope == "global" and self.min_layer_keep > 0:
+            scores = {n: protect_top(s.masked_fill(~current[n], -math.inf), self.min_layer_keep)
+                      for n, s in scores.items()}
         if self.annealing.scope == "global":
             new = select_masks(scores, keep=counts["*"], scope="global", current=current)
         else:
