@@ -209,3 +209,22 @@ def test_a_method_may_replace_model_and_optimizer_mid_training():
     assert method.calls == 8
     assert trainer.model is method.ctx.model and trainer.model is not model
     assert set(result.final_state) == {"1.weight", "1.bias"}
+
+
+def test_a_physically_shrunk_run_reloads(tmp_path):
+    """A method that removes units changes the architecture: the run carries shrunk.pt and
+    load_run rebuilds the smaller model, evaluating to the recorded accuracy."""
+    cfg = RunConfig(
+        dataset="xor", data_options={"n_irrelevant": 4, "n_train": 400, "n_test": 400},
+        model="mlp", model_options={"widths": [32, 32]}, method="bernoulli",
+        method_options={"penalty_scale": 200.0, "lr_theta": 0.5},
+        train=TrainConfig(epochs=6, batch_size=32, optimizer="adam", lr=1e-2, seed=3),
+    )
+    out = tmp_path / "gated"
+    res = run(cfg, out, progress=False)
+    loaded = load_run(out)
+    widths = [m.out_features for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert (out / "shrunk.pt").is_file() and sum(widths[:-1]) < 64
+    data = load_dataset("xor", n_irrelevant=4, n_train=400, n_test=400, seed=3)
+    assert evaluate(loaded.model, data.x_test, data.y_test)["accuracy"] == \
+        res.final["test_accuracy"]

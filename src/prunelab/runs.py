@@ -65,7 +65,17 @@ def load_run(path: str | Path, input_shape: tuple[int, ...] | None = None,
     shape = input_shape or tuple(ds["input_shape"])
     classes = num_classes or int(ds["num_classes"])
     model = build_model(cfg.model, shape, classes, **cfg.model_options)
-    model.load_state_dict(_load_state(path / "weights.pt"))
+    state = _load_state(path / "weights.pt")
+    fits = set(state) == set(model.state_dict()) and all(
+        state[k].shape == v.shape for k, v in model.state_dict().items())
+    if not fits:
+        if not (path / "shrunk.pt").is_file():
+            raise DataError(f"{path}/weights.pt does not fit model '{cfg.model}'")
+        # Units were removed physically during training: the run's model is the shrunk one.
+        from prunelab.shrink import load_shrunk
+
+        return LoadedRun(path, cfg, load_shrunk(path / "shrunk.pt"), None, results)
+    model.load_state_dict(state)
     masks = load_masks(path / "masks.pt", model) if (path / "masks.pt").is_file() else None
     if masks is not None:
         apply_masks(model, masks)

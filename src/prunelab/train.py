@@ -89,6 +89,10 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+def _architecture_changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> bool:
+    return set(before) != set(after) or any(before[k].shape != after[k].shape for k in before)
+
+
 @dataclass
 class TrainResult:
     """What a finished training run returns (also written to results.json)."""
@@ -143,7 +147,8 @@ class Trainer:
         total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
         epochs = math.ceil(total_steps / steps_per_epoch)
         optimizer = make_optimizer(model, cfg)
-        ctx = TrainContext(model, optimizer, steps_per_epoch, total_steps, epochs, self.device)
+        ctx = TrainContext(model, optimizer, steps_per_epoch, total_steps, epochs, self.device,
+                           data)
         initial_state = _snapshot(model)
         self.method.attach(ctx)
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -247,9 +252,18 @@ class Trainer:
             if name != "step0":
                 atomic.save_torch(ckpt_dir / f"{name}.pt", state)
         atomic.save_torch(out / "weights.pt", result.final_state)
+        if _architecture_changed(result.initial_state, result.final_state):
+            # A method removed units physically: weights.pt no longer fits the registry model,
+            # so the run also carries the shrunk model with its architecture.
+            from prunelab.shrink import save_shrunk
+
+            save_shrunk(out / "shrunk.pt", self.model)
         if result.masks is not None:
             save_masks(out / "masks.pt", result.masks)
         atomic.save_torch(out / "method_state.pt", self.method.state_dict())
+        write_extra = getattr(self.method, "write_outputs", None)
+        if callable(write_extra):  # e.g. the units method's shrunk model
+            write_extra(out)
         atomic.write_json(out / "sparsity.json", result.sparsity)
 
 

@@ -8,8 +8,10 @@ from typing import Any
 from prunelab.errors import ConfigError, UnknownNameError
 from prunelab.methods.annealed import AnnealedPruning
 from prunelab.methods.base import MaskedMethod, PruningMethod, TrainContext
+from prunelab.methods.bernoulli import BernoulliGating
 from prunelab.methods.biobjective import BiobjectiveTraining
 from prunelab.methods.magnitude import FixedMask, GradualMagnitude, OneShotMagnitude
+from prunelab.methods.units import UnitPruning
 
 METHODS: dict[str, type[PruningMethod]] = {
     "dense": PruningMethod,
@@ -18,6 +20,8 @@ METHODS: dict[str, type[PruningMethod]] = {
     "fixed-mask": FixedMask,
     "biobjective": BiobjectiveTraining,
     "annealed": AnnealedPruning,
+    "units": UnitPruning,
+    "bernoulli": BernoulliGating,
 }
 
 # Methods that drive several training runs rather than hooking into one (see lottery.py).

@@ -30,6 +30,7 @@ class TrainContext:
     total_steps: int
     epochs: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    data: Any = None  # the Dataset being trained on (for methods that score on data)
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""Training wall time of Bernoulli-gate pruning (gates + shrinking during training) versus
+dense training of the starting network for the same epochs, side by side in one process.
+
+LeNet-300-100 (or its x2/x4 widening) on an MNIST training subset, Adam, batch 100, cosine
+learning rate, the method options of `prunelab reproduce bernoulli --quick` (tuned for a
+10,000-example subset and 5 epochs). Each round trains one dense and one Bernoulli run
+from the same initial weights and batch order; the order alternates every round; the median
+of each is reported with the ratio
+
+    bernoulli / dense    target < 1   (shrinking during training pays for the gates)
+
+plus the training FLOPs ratio the method counts and the final widths and test errors.
+
+Run: .venv/bin/python benchmarks/bernoulli_training_time.py [--rounds 3] [--epochs 5]
+     [--n-train 10000] [--width 1] [--quick]
+Writes benchmarks/results/bernoulli_training_time.json. Needs MNIST in $PRUNELAB_DATA (or
+../shared/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from benchcommon import REPO_ROOT, machine_info, median, verdict, write_results
+
+from prunelab.config import TrainConfig
+from prunelab.data import load_dataset
+from prunelab.errors import PrunelabError
+from prunelab.experiments.bernoulli import QUICK_OPTIONS, build
+from prunelab.methods.base import PruningMethod
+from prunelab.methods.bernoulli import BernoulliGating
+from prunelab.train import Trainer
+
+NAME = "bernoulli_training_time"
+
+
+def one_run(data, width: int, epochs: int, method: PruningMethod) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = build("lenet-300-100", width, data.input_shape, data.num_classes)
+    cfg = TrainConfig(epochs=epochs, batch_size=100, optimizer="adam", lr=1e-3,
+                      lr_schedule="cosine", seed=0, eval_train=False, checkpoint_epochs=False)
+    start = time.perf_counter()
+    result = Trainer(model, data, cfg, method, progress=False).fit()
+    return time.perf_counter() - start, 1.0 - result.final["test_accuracy"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--n-train", type=int, default=10000)
+    ap.add_argument("--width", type=int, default=1, help="starting width factor (1, 2, 4)")
+    ap.add_argument("--quick", action="store_true", help="1 round")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds = 1
+    torch.set_num_threads(1)
+    data_dir = os.environ.get("PRUNELAB_DATA") or str(Path(REPO_ROOT).parent / "shared" / "data")
+    try:
+        data = load_dataset("mnist", data_dir=data_dir, n_train=args.n_train, seed=0)
+    except PrunelabError as exc:
+        print(f"{NAME}: {exc}", file=sys.stderr)
+        return 2
+    times: dict[str, list[float]] = {"dense": [], "bernoulli": []}
+    errors: dict[str, float] = {}
+    summary = {}
+    for r in range(args.rounds):
+        order = ("dense", "bernoulli") if r % 2 == 0 else ("bernoulli", "dense")
+        for name in order:
+            if name == "dense":
+                method: PruningMethod = PruningMethod()
+            else:
+                method = BernoulliGating(n_train=data.n_train, **QUICK_OPTIONS)
+            secs, err = one_run(data, args.width, args.epochs, method)
+            times[name].append(secs)
+            errors[name] = err
+            if name == "bernoulli":
+                summary = method.summary()
+            print(f"round {r + 1}: {name:9s} {secs:7.2f}s  test error {100 * err:.2f}%",
+                  flush=True)
+    med = {k: median(v) for k, v in times.items()}
+    ratio = med["bernoulli"] / med["dense"]
+    flops_ratio = summary["train_flops"] / summary["train_flops_dense"]
+    ok = ratio < 1.0
+    print(f"median wall time: dense {med['dense']:.2f}s, bernoulli {med['bernoulli']:.2f}s, "
+          f"ratio {ratio:.3f} (target < 1) {verdict(ok)}")
+    print(f"training FLOPs ratio (counted by the method) {flops_ratio:.3f}; final widths "
+          f"{summary['final_widths']} from {summary['start_widths']}")
+    path = write_results(NAME, {
+        "machine": machine_info(),
+        "settings": vars(args) | {"method_options": QUICK_OPTIONS},
+        "seconds": times, "median_seconds": med, "ratio_bernoulli_over_dense": ratio,
+        "train_flops_ratio": flops_ratio, "test_error": errors,
+        "final_widths": summary["final_widths"], "start_widths": summary["start_widths"],
+        "target": "bernoulli / dense < 1", "pass": ok,
+    })
+    print(f"wrote {path}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

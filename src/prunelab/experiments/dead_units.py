@@ -1,0 +1,424 @@
+"""Reproduction of Evci (2018) / Mean Replacement Pruning on MNIST (conv-small, LeNet-300-100).
+
+Protocol (choices where the thesis leaves room are stated in the report):
+1. Train each dense network (Adam 1e-3) on MNIST minus a seeded validation split.
+2. Unit scores (MRS, removal saliency, incoming-weight norm, random over 3 seeds, the exact
+   mean-replacement oracle) on a training subset; for each fraction f the lowest-scoring f of
+   each hidden layer's units are removed by `prunelab.shrink`, with mean replacement (bias
+   propagation) and with plain removal; the test-loss increase over the dense net is recorded.
+3. Parameter scores (magnitude, Taylor-1 signed and absolute, Taylor-2, random): the same for a
+   fraction of each layer's weights set to zero (absolute vs signed Taylor).
+4. Iterative pruning: each round removes `round_fraction` of every hidden layer's units by MRS
+   with mean replacement, physically shrinks the network and fine-tunes it with the dense
+   run's Adam, whose moments `shrink_with_optimizer` carries over to the kept rows/columns;
+   it stops when the validation accuracy falls more than 0.5 points below the dense net's.
+   A round that leaves the band is discarded and retried from the last good network with
+   half the fraction (twice at most). The last network within the band is reported with its
+   test accuracy and parameter count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from prunelab import atomic
+from prunelab.data import Dataset, load_dataset
+from prunelab.masks import apply_masks
+from prunelab.models import build_model, count_parameters
+from prunelab.report import markdown_table, new_figure, save_figure, text_table
+from prunelab.scores import dead_units, parameter_scores, select_units, unit_means, unit_scores
+from prunelab.selection import select_masks
+from prunelab.shrink import shrink, shrink_with_optimizer, widths
+from prunelab.train import evaluate
+
+MODELS = ("conv-small", "lenet-300-100")
+UNIT_SCORE_NAMES = ("mrs", "removal", "norm", "random", "oracle")
+PARAM_SCORE_NAMES = ("magnitude", "taylor1", "taylor1-abs", "taylor2", "random")
+BAND = 0.005  # 0.5 accuracy points
+TARGET_RATIO = 5.0
+
+
+@dataclass
+class Settings:
+    """Sizes of one run (quick or full)."""
+
+    n_train: int | None
+    n_test: int | None
+    n_val: int
+    dense_epochs: int
+    finetune_epochs: int
+    max_rounds: int
+    round_fraction: float
+    score_samples: int
+    fractions: tuple[float, ...]
+    sparsities: tuple[float, ...]
+    max_halvings: int = 2  # after a round leaves the band, retry with half the fraction
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def settings(quick: bool) -> Settings:
+    if quick:
+        return Settings(n_train=12000, n_test=5000, n_val=2000, dense_epochs=4,
+                        finetune_epochs=1, max_rounds=10, round_fraction=0.25,
+                        score_samples=1000, fractions=(0.1, 0.25, 0.5, 0.75),
+                        sparsities=(0.25, 0.5, 0.75, 0.9))
+    return Settings(n_train=None, n_test=None, n_val=5000, dense_epochs=10, finetune_epochs=2,
+                    max_rounds=14, round_fraction=0.2, score_samples=2000,
+                    fractions=(0.05, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9),
+                    sparsities=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95))
+
+
+def _split(data: Dataset, n_val: int, seed: int) -> tuple[Dataset, Dataset]:
+    """(train minus validation, validation as the 'test' part) by a seeded permutation."""
+    perm = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(seed))
+    val, tr = perm[:n_val], perm[n_val:]
+    train = dataclasses.replace(data, x_train=data.x_train[tr], y_train=data.y_train[tr])
+    valid = dataclasses.replace(data, x_train=data.x_train[tr[:1]], y_train=data.y_train[tr[:1]],
+                                x_test=data.x_train[val], y_test=data.y_train[val])
+    return train, valid
+
+
+def _fit(model: nn.Module, opt: torch.optim.Optimizer, data: Dataset, epochs: int,
+         s: Settings, gen: torch.Generator) -> nn.Module:
+    """Minibatch training with a given optimizer, so its state (Adam moments) carries over
+    from the dense network through every shrink (`shrink_with_optimizer`); a fresh Adam on an
+    already trained network takes large first steps that cost accuracy."""
+    model.train()
+    n = data.n_train
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for b in range(0, n, s.batch_size):
+            idx = order[b : b + s.batch_size]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return evaluate(model, x, y)["loss"]
+
+
+def unit_curves(model, batch, x_eval, y_eval, s: Settings, log) -> dict[str, Any]:
+    """Loss increase after removing a fraction f of each layer's units, per score, with mean
+    replacement and with plain removal."""
+    base = _loss(model, x_eval, y_eval)
+    means = unit_means(model, batch)
+    score_sets: dict[str, list[dict[str, torch.Tensor]]] = {}
+    for name in UNIT_SCORE_NAMES:
+        if name == "random":
+            score_sets[name] = [unit_scores(model, None, "random", seed=k) for k in range(3)]
+        else:
+            score_sets[name] = [unit_scores(model, batch, name, means=means)]
+    rows = []
+    for f in s.fractions:
+        for name, sets in score_sets.items():
+            mean_rep, removal = [], []
+            for sc in sets:
+                um = select_units(sc, fraction=f, scope="layer")
+                mean_rep.append(_loss(shrink(model, um, means=means), x_eval, y_eval) - base)
+                removal.append(_loss(shrink(model, um), x_eval, y_eval) - base)
+            rows.append({"fraction": f, "score": name,
+                         "mean_replacement": sum(mean_rep) / len(mean_rep),
+                         "removal": sum(removal) / len(removal)})
+    log(text_table(rows, ["fraction", "score", "mean_replacement", "removal"]))
+    return {"base_loss": base, "rows": rows}
+
+
+def param_curves(model, batch, x_eval, y_eval, s: Settings, log) -> dict[str, Any]:
+    """Loss increase after zeroing a fraction of each layer's weights, per parameter score."""
+    base = _loss(model, x_eval, y_eval)
+    scores = {name: parameter_scores(model, batch, name) for name in PARAM_SCORE_NAMES}
+    rows = []
+    for sp in s.sparsities:
+        for name, sc in scores.items():
+            masks = select_masks(sc, sparsity=sp, scope="layer")
+            pruned = _copy(model)
+            apply_masks(pruned, masks)
+            rows.append({"sparsity": sp, "score": name,
+                         "loss_increase": _loss(pruned, x_eval, y_eval) - base})
+    log(text_table(rows, ["sparsity", "score", "loss_increase"]))
+    return {"base_loss": base, "rows": rows}
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def iterative(model, opt, train: Dataset, valid: Dataset, data: Dataset, s: Settings,
+              gen: torch.Generator, log) -> dict[str, Any]:
+    """Rounds of MRS unit pruning with mean replacement, shrink, fine-tune; stop when the
+    validation accuracy leaves the 0.5-point band of the dense network."""
+    dense_val = evaluate(model, valid.x_test, valid.y_test)["accuracy"]
+    dense_test = evaluate(model, data.x_test, data.y_test)["accuracy"]
+    dense_params = count_parameters(model)
+    rounds = [{"round": 0, "params": dense_params, "val_accuracy": dense_val,
+               "test_accuracy": dense_test, "widths": widths(model), "within_band": True}]
+    best, current = rounds[0], model
+    fraction, halvings = s.round_fraction, 0
+    for r in range(1, s.max_rounds + 1):
+        idx = torch.randperm(train.n_train, generator=gen)[: s.score_samples]
+        batch = (train.x_train[idx], train.y_train[idx])
+        scores = unit_scores(current, batch, "mrs")
+        um = select_units(scores, fraction=fraction, scope="layer")
+        if all(bool(m.all()) for m in um.values()):
+            log(f"round {r}: no layer can lose a unit at fraction {fraction:.3f}")
+            break
+        # shrink_with_optimizer leaves `opt` intact, so a failed round can be retried
+        small, new_opt = shrink_with_optimizer(current, um, opt,
+                                               means=unit_means(current, batch))
+        _fit(small, new_opt, train, s.finetune_epochs, s, gen)
+        val = evaluate(small, valid.x_test, valid.y_test)["accuracy"]
+        test = evaluate(small, data.x_test, data.y_test)["accuracy"]
+        ok = val >= dense_val - BAND
+        row = {"round": r, "fraction": fraction, "params": count_parameters(small),
+               "val_accuracy": val, "test_accuracy": test, "widths": widths(small),
+               "within_band": ok}
+        rounds.append(row)
+        log(f"round {r} (fraction {fraction:.3f}): params {row['params']} "
+            f"({dense_params / row['params']:.1f}x fewer) val acc {val:.4f} test acc "
+            f"{test:.4f} widths {row['widths']}")
+        if ok:
+            best, current, opt = row, small, new_opt
+        elif halvings < s.max_halvings:
+            fraction, halvings = fraction / 2, halvings + 1  # retry from the last good net
+        else:
+            break
+    accepted = sum(1 for r in rounds[1:] if r["within_band"] and r["round"] <= best["round"])
+    return {
+        "chosen_training_epochs": s.dense_epochs + s.finetune_epochs * accepted,
+        "dense_params": dense_params, "dense_val_accuracy": dense_val,
+        "dense_test_accuracy": dense_test, "rounds": rounds, "chosen": best,
+        "param_ratio": dense_params / best["params"],
+        "test_drop_points": 100 * (dense_test - best["test_accuracy"]),
+    }
+
+
+def run(out: Path, *, quick: bool = False, progress: bool | None = None,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the reproduction and write report.md, results.json and figures/ into `out`."""
+    s = settings(quick)
+    start = time.perf_counter()
+    data = load_dataset("mnist", seed=s.seed, n_train=s.n_train, n_test=s.n_test)
+    train, valid = _split(data, s.n_val, s.seed)
+    results: dict[str, Any] = {"settings": dataclasses.asdict(s), "models": {}}
+    for name in MODELS:
+        t0 = time.perf_counter()
+        torch.manual_seed(s.seed)
+        model = build_model(name, data.input_shape, data.num_classes)
+        opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+        gen = torch.Generator().manual_seed(s.seed)
+        _fit(model, opt, train, s.dense_epochs, s, gen)
+        log(f"{name}: dense test accuracy "
+            f"{evaluate(model, data.x_test, data.y_test)['accuracy']:.4f}")
+        idx = torch.randperm(train.n_train, generator=torch.Generator().manual_seed(1))
+        batch = (train.x_train[idx[: s.score_samples]], train.y_train[idx[: s.score_samples]])
+        entry = {
+            "dead_units": dead_units(model, batch, tol=1e-4),
+            "units": unit_curves(model, batch, data.x_test, data.y_test, s, log),
+            "params": param_curves(model, batch, data.x_test, data.y_test, s, log),
+            "iterative": iterative(model, opt, train, valid, data, s, gen, log),
+        }
+        for layer in entry["dead_units"].values():
+            layer.pop("dead_indices")
+        entry["seconds"] = time.perf_counter() - t0
+        results["models"][name] = entry
+    results["claims"] = claims(results["models"])
+    results["seconds"] = time.perf_counter() - start
+    with atomic.staged_directory(out) as stage:
+        figures = _figures(stage, results["models"])
+        results["figures"] = figures
+        atomic.write_json(stage / "results.json", results)
+        atomic.write_text(stage / "report.md", _report(results, figures, quick))
+    for c in results["claims"]:
+        log(f"[{'held' if c['held'] else 'NOT held'}] {c['model']}: {c['claim']} -- "
+            f"{c['measured']}")
+    log(f"dead-units: {results['seconds']:.0f} s")
+    return results
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def _by(rows, key, score, value):
+    return {r[key]: r[value] for r in rows if r["score"] == score}
+
+
+def claims(models: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each claim of the thesis, checked on the measured numbers."""
+    out = []
+    for name, e in models.items():
+        urows = e["units"]["rows"]
+        mrs = _by(urows, "fraction", "mrs", "mean_replacement")
+        fr = sorted(mrs)
+        for other in ("norm", "random"):
+            o = _by(urows, "fraction", other, "mean_replacement")
+            wins = [f for f in fr if mrs[f] <= o[f]]
+            out.append({"model": name, "claim": f"MRS-chosen units hurt less than {other}-chosen",
+                        "held": len(wins) == len(fr),
+                        "measured": f"{len(wins)}/{len(fr)} fractions; loss increase MRS vs "
+                                    f"{other}: " + ", ".join(f"f={f}: {mrs[f]:.4f} vs {o[f]:.4f}"
+                                                             for f in fr)})
+        rem = _by(urows, "fraction", "mrs", "removal")
+        wins = [f for f in fr if mrs[f] < rem[f]]
+        all_scores = [(r["score"], r["fraction"]) for r in urows
+                      if r["mean_replacement"] < r["removal"]]
+        out.append({"model": name,
+                    "claim": "mean replacement beats plain removal at every fraction",
+                    "held": len(wins) == len(fr),
+                    "measured": f"MRS-chosen units: {len(wins)}/{len(fr)} fractions; all scores: "
+                                f"{len(all_scores)}/{len(urows)} (score, fraction) pairs"})
+        prow = e["params"]["rows"]
+        sg = _by(prow, "sparsity", "taylor1", "loss_increase")
+        ab = _by(prow, "sparsity", "taylor1-abs", "loss_increase")
+        wins = [sp for sp in sg if ab[sp] < sg[sp]]
+        out.append({"model": name, "claim": "absolute Taylor beats signed Taylor",
+                    "held": len(wins) == len(sg),
+                    "measured": f"{len(wins)}/{len(sg)} sparsities; " + ", ".join(
+                        f"{sp}: {ab[sp]:.4f} vs {sg[sp]:.4f}" for sp in sorted(sg))})
+        it = e["iterative"]
+        held = it["param_ratio"] >= TARGET_RATIO and it["test_drop_points"] <= 100 * BAND
+        out.append({"model": name,
+                    "claim": ">= 5x fewer parameters within 0.5 points of dense accuracy",
+                    "held": held,
+                    "measured": f"{it['param_ratio']:.2f}x fewer ({it['chosen']['params']} of "
+                                f"{it['dense_params']}), test accuracy "
+                                f"{it['chosen']['test_accuracy']:.4f} vs dense "
+                                f"{it['dense_test_accuracy']:.4f} "
+                                f"(drop {it['test_drop_points']:.2f} points)"})
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _figures(stage: Path, models: dict[str, Any]) -> list[str]:
+    (stage / "figures").mkdir()
+    files = []
+    for name, e in models.items():
+        fig, axes = new_figure(2, size=(5.2, 3.8))
+        for ax, kind, title in ((axes[0][0], "mean_replacement", "mean replacement"),
+                                (axes[0][1], "removal", "plain removal")):
+            for score in UNIT_SCORE_NAMES:
+                pts = sorted((r["fraction"], r[kind]) for r in e["units"]["rows"]
+                             if r["score"] == score)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=score)
+            ax.set_yscale("symlog", linthresh=1e-3)
+            ax.set(title=f"{name}: {title}", xlabel="fraction of units removed per layer",
+                   ylabel="test loss increase")
+            ax.legend(fontsize=8)
+        path = f"figures/units_{name}.png"
+        save_figure(fig, stage / path)
+        files.append(path)
+        fig, axes = new_figure(1)
+        ax = axes[0][0]
+        for score in PARAM_SCORE_NAMES:
+            pts = sorted((r["sparsity"], r["loss_increase"]) for r in e["params"]["rows"]
+                         if r["score"] == score)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=score)
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set(title=f"{name}: weight scores", xlabel="fraction of weights zeroed per layer",
+               ylabel="test loss increase")
+        ax.legend(fontsize=8)
+        path = f"figures/weights_{name}.png"
+        save_figure(fig, stage / path)
+        files.append(path)
+        fig, axes = new_figure(1)
+        ax = axes[0][0]
+        it = e["iterative"]
+        ok = [r for r in it["rounds"] if r["within_band"]]
+        bad = [r for r in it["rounds"] if not r["within_band"]]
+        for key, marker, label in (("test_accuracy", "o", "test"),
+                                   ("val_accuracy", "s", "validation")):
+            line = ax.plot([it["dense_params"] / r["params"] for r in ok],
+                           [r[key] for r in ok], marker=marker, label=f"{label} (kept)")
+            ax.scatter([it["dense_params"] / r["params"] for r in bad], [r[key] for r in bad],
+                       marker="x", color=line[0].get_color(), label=f"{label} (rejected)")
+        ax.axhline(it["dense_val_accuracy"] - BAND, color="k", ls="--",
+                   label="dense validation - 0.5 pt")
+        ax.axvline(TARGET_RATIO, color="gray", ls=":", label="5x")
+        ax.set(title=f"{name}: iterative MRS pruning", xlabel="parameter reduction (x)",
+               ylabel="accuracy")
+        ax.legend(fontsize=8)
+        path = f"figures/iterative_{name}.png"
+        save_figure(fig, stage / path)
+        files.append(path)
+    return files
+
+
+def _report(results: dict[str, Any], figures: list[str], quick: bool) -> str:
+    s = results["settings"]
+    lines = [
+        "# Dead units, saliency scores and mean replacement (Evci 2018)",
+        "",
+        f"Mode: {'quick' if quick else 'full'}; MNIST train {s['n_train'] or 60000} "
+        f"(minus {s['n_val']} validation), test {s['n_test'] or 10000}; Adam lr {s['lr']}, "
+        f"batch {s['batch_size']}; dense {s['dense_epochs']} epochs; scores on "
+        f"{s['score_samples']} training samples; loss increases on the test set. Time: "
+        f"{results['seconds']:.0f} s.",
+        "",
+        "## Claims",
+        "",
+        markdown_table([{**c, "held": "yes" if c["held"] else "no"} for c in results["claims"]],
+                       ["model", "claim", "held", "measured"]),
+        "",
+    ]
+    for name, e in results["models"].items():
+        it = e["iterative"]
+        lines += [
+            f"## {name}",
+            "",
+            "Dead units of the dense network (MRS <= 1e-4, i.e. replacing the unit by its mean "
+            "changes the per-sample loss by less than 1e-4 on average; constant: output std "
+            "<= 1e-4):",
+            "",
+            markdown_table([{"layer": k, **v} for k, v in e["dead_units"].items()],
+                           ["layer", "units", "dead", "dead_fraction", "constant"]),
+            "",
+            "Test-loss increase after removing a fraction of each layer's units (random: mean "
+            "of 3 seeds):",
+            "",
+            markdown_table(e["units"]["rows"], ["fraction", "score", "mean_replacement",
+                                                "removal"]),
+            "",
+            "Test-loss increase after zeroing a fraction of each layer's weights:",
+            "",
+            markdown_table(e["params"]["rows"], ["sparsity", "score", "loss_increase"]),
+            "",
+            f"Iterative MRS pruning with mean replacement ({s['round_fraction']:.0%} of each "
+            f"layer's units per round, physical shrink, {s['finetune_epochs']} fine-tuning "
+            "epoch(s) per round with the Adam state carried over; a round whose validation "
+            "accuracy drops > 0.5 points is discarded and retried with half the fraction, "
+            f"at most {s['max_halvings']} times):",
+            "",
+            markdown_table([{**r, "widths": str(list(r["widths"].values()))}
+                            for r in it["rounds"]],
+                           ["round", "fraction", "params", "widths", "val_accuracy",
+                            "test_accuracy", "within_band"]),
+            "",
+            f"Chosen: round {it['chosen']['round']}, {it['chosen']['params']} parameters "
+            f"({it['param_ratio']:.2f}x fewer than {it['dense_params']}), test accuracy "
+            f"{it['chosen']['test_accuracy']:.4f} vs dense {it['dense_test_accuracy']:.4f}. "
+            f"The chosen network was trained {it['chosen_training_epochs']} epochs in all "
+            f"(dense {s['dense_epochs']} + fine-tuning), the dense one {s['dense_epochs']}: "
+            "where the dense net is not converged (quick mode) the extra epochs favour the "
+            "pruned one.",
+            "",
+        ]
+        lines += [f"![{Path(f).stem}]({f})" for f in figures if name in f]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,479 @@
+"""Bernoulli-gate variational pruning (Guenter & Sideris, "Robust Learning of Parsimonious
+Deep Neural Networks", arXiv 2205.04650), from the published outline.
+
+Model. Every unit of a hidden Linear layer and every filter of a hidden Conv2d layer (never the
+output layer) has a gate xi_j ~ Bernoulli(theta_j) multiplying its output, drawn per example in
+training (`prunelab.gates`); the evaluated network is deterministic, xi_j = 1[theta_j >= 0.5].
+The q(xi) = prod Bern(theta_j) is the variational posterior over the gates; the weights are
+point estimates (MAP) under a weight prior.
+
+Objective, per training example (N = training set size, read from the first minibatch as
+steps_per_epoch * batch_size unless `n_train` is given):
+
+    E_q[NLL(x, y; w, xi)] + (penalty_scale / N) sum_j R(theta_j) + (1 / N) (-log p(w))
+
+    R(theta) = KL(Bern(theta) || Bern(pi)) + gamma H(theta)
+             = (gamma - 1) H(theta) - theta log pi - (1 - theta) log(1 - pi)
+
+KL = -H(theta) - theta log pi - (1 - theta) log(1 - pi) alone rewards stochastic gates (its
+entropy part). Our reconstruction of the "flattening" hyper-prior adds +gamma H(theta): with
+gamma > 1 R is concave in theta, so its minima over [0, 1] are at 0 or 1 and gates are driven
+to a deterministic network; at theta in {0, 1} R is an L0 cost of log(1/pi) per kept unit (and
+log(1/(1-pi)) per removed one). gamma = 1 drops the entropy term (a plain L0-like expected cost),
+gamma = 0 is the plain KL. `penalty_scale` tempers the gate prior only (1 = the Bayesian
+weighting; larger values buy smaller networks, as the lambda of L0 methods does).
+Weight prior (`weight_prior`): "gaussian" N(0, prior_sigma^2) on every Linear/Conv2d weight
+(= weight decay), "mixture" the two-component scale mixture
+mixture_weight N(0, prior_sigma^2) + (1 - mixture_weight) N(0, mixture_sigma^2), or "none".
+Biases carry no prior.
+
+Training. The weights follow the Trainer's optimizer. theta follows its own projected SGD:
+theta <- clip(theta - lr_theta * g, 0, 1) after every step, then units with theta < threshold
+are removed for good (theta = 0) and units with theta > 1 - threshold are fixed on (theta = 1);
+fixed gates are deterministic and get no further updates. The threshold must be in (0, 0.5) so
+the two rules never overlap. The gradient g of the expected data loss (`estimator`):
+- "st" (default): straight-through, xi + theta - theta.detach(): the hard sample forward, dL/dxi
+  as the gradient. It is the first-order (linearised) form of the two-point difference below;
+  biased, one pass.
+- "reinforce": the score function, mean_i (f_i - b_i) d log q(xi_i)/d theta with per-example
+  losses f_i and a baseline b_i (`baseline`: "loo" leave-one-out mean of the other examples'
+  losses, "ema" moving average of batch losses with `baseline_momentum`, or "none"); unbiased.
+- "exact": the two-point estimate, for each unit j mean_i (2 xi_ij - 1)(f_i(xi_i) -
+  f_i(xi_i with xi_ij flipped)) = f(xi_j = 1) - f(xi_j = 0) per example; unbiased, one extra
+  forward pass per stochastic unit, so refused when the model has more than `max_exact_units`
+  gated units.
+The R(theta) gradient is exact for every estimator.
+
+Shrinking. With `shrink` (default) the network is physically rebuilt without removed units
+(`prunelab.shrink.shrink_with_optimizer`: the optimizer's momentum/Adam state follows the kept
+rows and columns) at most every `shrink_every` steps (rebuilding costs a model copy; units
+removed in between are held at xi = 0), so later steps cost fewer FLOPs; training FLOPs are
+counted (forward + 2x for backward, plus the extra passes of "exact"). With `shrink=False`
+removed units are held at xi = 0. A layer never loses its last unit: with
+`on_empty_layer="keep"` (default) the unit with the largest theta is fixed on (and counted in
+`empty_layer_events`); "error" raises ConfigError instead. `theta_init` must exceed the
+threshold (else every unit would be pruned at once).
+
+Input features (`gate_inputs`, off by default): the flattened features feeding a Linear layer
+(an MLP's input pixels, LeNet-5's 800 fc inputs) get gates of their own, as the published
+structured baselines count them (L0-sep 266-88-33 counts 266 input pixels). shrink.py removes
+layer units, not input features, so removed features are held at xi = 0 during training and
+their columns of the Linear they feed are zeroed in the final network (not physically removed:
+count its parameters/FLOPs by nonzero weights); features of a removed filter leave with it.
+
+End of training (`finalize`, default on): gates still stochastic are rounded (theta >= 0.5 ->
+1; their number is reported as `undecided_at_end`, with the largest min(theta, 1 - theta)),
+the hooks are removed and the model is replaced by the deterministic shrunk network of the
+units with theta = 1, so the Trainer's final evaluation, report and weights are that network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.errors import ConfigError, check_range
+from prunelab.gates import GATE_POINTS, BernoulliGates, log_prob
+from prunelab.masks import sparsity_report
+from prunelab.methods.base import PruningMethod, TrainContext
+from prunelab.shrink import architecture, shrink_with_optimizer
+
+ESTIMATORS = ("st", "reinforce", "exact")
+BASELINES = ("loo", "ema", "none")
+WEIGHT_PRIORS = ("gaussian", "mixture", "none")
+EMPTY_LAYER = ("keep", "error")
+
+
+def _choice(option: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{option} must be one of {', '.join(valid)}; got '{value}'")
+
+
+def gate_regulariser(theta: torch.Tensor, pi: float, gamma: float) -> torch.Tensor:
+    """R(theta) = KL(Bern(theta) || Bern(pi)) + gamma H(theta), elementwise."""
+    entropy = -(torch.xlogy(theta, theta) + torch.xlogy(1.0 - theta, 1.0 - theta))
+    cross = -(theta * math.log(pi) + (1.0 - theta) * math.log1p(-pi))
+    return (gamma - 1.0) * entropy + cross
+
+
+def per_sample_losses(loss_fn, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example losses via loss_fn(..., reduction='none'); ConfigError if unsupported."""
+    try:
+        per = loss_fn(logits, y, reduction="none")
+    except TypeError:
+        per = None
+    if per is None or per.dim() == 0 or per.shape[0] != logits.shape[0]:
+        raise ConfigError("estimators 'reinforce' and 'exact' need per-example losses: the "
+                          "loss function must accept reduction='none'; use estimator 'st'")
+    return per.reshape(per.shape[0], -1).mean(dim=1)
+
+
+@dataclass
+class BernoulliGating(PruningMethod):
+    """Learned Bernoulli unit gates driven to {0, 1}; removed units are shrunk away."""
+
+    estimator: str = "st"
+    pi: float = 0.05
+    gamma: float = 2.0
+    penalty_scale: float = 1.0
+    weight_prior: str = "gaussian"
+    prior_sigma: float = 1.0
+    mixture_sigma: float = 0.05
+    mixture_weight: float = 0.5
+    theta_init: float = 0.9
+    lr_theta: float = 1.0
+    threshold: float = 0.05
+    shrink: bool = True
+    gate_at: str = "output"
+    layers: list[str] | None = None
+    baseline: str = "loo"
+    baseline_momentum: float = 0.9
+    max_exact_units: int = 64
+    n_train: int | None = None
+    on_empty_layer: str = "keep"
+    finalize: bool = True
+    records_per_epoch: int = 4
+    gate_inputs: bool = False
+    shrink_every: int = 50
+
+    name = "bernoulli"
+
+    def __post_init__(self) -> None:
+        _choice("estimator", self.estimator, ESTIMATORS)
+        _choice("baseline", self.baseline, BASELINES)
+        _choice("weight_prior", self.weight_prior, WEIGHT_PRIORS)
+        _choice("on_empty_layer", self.on_empty_layer, EMPTY_LAYER)
+        _choice("gate_at", self.gate_at, GATE_POINTS)
+        check_range("threshold", self.threshold, 0.0, 0.5, low_inclusive=False,
+                    high_inclusive=False)
+        check_range("pi", self.pi, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        check_range("gamma", self.gamma, 0.0)
+        check_range("penalty_scale", self.penalty_scale, 0.0)
+        check_range("prior_sigma", self.prior_sigma, 0.0, low_inclusive=False)
+        check_range("mixture_sigma", self.mixture_sigma, 0.0, low_inclusive=False)
+        check_range("mixture_weight", self.mixture_weight, 0.0, 1.0)
+        check_range("lr_theta", self.lr_theta, 0.0, low_inclusive=False)
+        check_range("baseline_momentum", self.baseline_momentum, 0.0, 1.0,
+                    high_inclusive=False)
+        check_range("max_exact_units", self.max_exact_units, 1)
+        check_range("records_per_epoch", self.records_per_epoch, 0)
+        check_range("shrink_every", self.shrink_every, 1)
+        if self.n_train is not None:
+            check_range("n_train", self.n_train, 1)
+        if not self.threshold < self.theta_init <= 1.0:
+            raise ConfigError(
+                f"theta_init must be in (threshold, 1] = ({self.threshold:g}, 1], got "
+                f"{self.theta_init!r}: at or below the threshold every unit is pruned at once"
+            )
+
+    # ------------------------------------------------------------------ setup
+    def attach(self, ctx: TrainContext) -> None:
+        super().attach(ctx)
+        self.gates: BernoulliGates | None = BernoulliGates(
+            ctx.model, init=self.theta_init, at=self.gate_at, layers=self.layers,
+            straight_through=self.estimator == "st", features=self.gate_inputs)
+        n_units = sum(t.numel() for t in self.gates.theta.values())
+        if self.estimator == "exact" and n_units > self.max_exact_units:
+            self.gates.remove()
+            raise ConfigError(
+                f"estimator 'exact' needs one extra forward pass per gated unit; the model has "
+                f"{n_units} gated units, more than max_exact_units={self.max_exact_units}: use "
+                "estimator 'st' or 'reinforce' for large layers (or raise max_exact_units)"
+            )
+        self.start_widths = {n: t.numel() for n, t in self.gates.theta.items()}
+        self.orig_index = {n: torch.arange(k) for n, k in self.start_widths.items()}
+        self.step = 0
+        self.ema: float | None = None
+        self.input_shape: tuple[int, ...] | None = None
+        self.flops_now = self.flops_start = 0
+        self.train_flops = self.train_flops_dense = 0.0
+        self.trajectory: list[dict[str, Any]] = []
+        self.empty_layer_events: list[dict[str, Any]] = []
+        self.shrink_events = 0
+        self.undecided_at_end: int | None = None
+        self.max_undecided_distance: float | None = None
+        self.final_widths: dict[str, int] | None = None
+
+    def _n(self) -> int:
+        return self.n_train or self._n_est
+
+    def _forward_flops(self, model: nn.Module) -> int:
+        return int(sparsity_report(model, None, self.input_shape)["global"]["flops_dense"])
+
+    # ------------------------------------------------------------------ loss
+    def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn):
+        gates = self.gates
+        if gates is None:  # finalized: plain training of the deterministic network
+            return loss_fn(model(x), y)
+        batch = x.shape[0]
+        if self.input_shape is None:
+            self.input_shape = tuple(x.shape[1:])
+            self._n_est = self.ctx.steps_per_epoch * batch
+            self.flops_now = self.flops_start = self._forward_flops(model)
+            self._record()
+        extra_passes = 0
+        if self.estimator == "st":
+            loss = loss_fn(model(x), y)
+        else:
+            per = per_sample_losses(loss_fn, model(x), y)
+            loss = per.mean()
+            xi = {n: v.detach() for n, v in gates.last_xi.items()}
+            if self.estimator == "reinforce":
+                grads_src = self._reinforce_surrogate(per.detach(), xi)
+            else:
+                grads_src, extra_passes = self._two_point_surrogate(model, x, y, loss_fn,
+                                                                    per.detach(), xi)
+            loss = loss + (grads_src - grads_src.detach())
+        self.train_flops += (3 + extra_passes) * self.flops_now * batch
+        self.train_flops_dense += 3 * self.flops_start * batch
+        return loss
+
+    def _safe_theta(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        free = self.gates.free(name)
+        theta = self.gates.theta[name]
+        return torch.where(free, theta, torch.full_like(theta, 0.5)), free
+
+    def _reinforce_surrogate(self, per: torch.Tensor, xi: dict[str, torch.Tensor]):
+        b = per.shape[0]
+        if self.baseline == "loo" and b > 1:
+            base = (per.sum() - per) / (b - 1)
+        elif self.baseline == "ema" and self.ema is not None:
+            base = torch.full_like(per, self.ema)
+        else:
+            base = torch.zeros_like(per)
+        if self.baseline == "ema":
+            m = float(per.mean())
+            self.ema = m if self.ema is None else (
+                self.baseline_momentum * self.ema + (1 - self.baseline_momentum) * m)
+        total = per.new_zeros(())
+        adv = (per - base)[:, None]
+        for name in self.gates.theta:
+            theta, free = self._safe_theta(name)
+            lq = log_prob(xi[name], theta) * free
+            total = total + (adv * lq).sum(dim=1).mean()
+        return total
+
+    @torch.no_grad()
+    def _two_point_gradients(self, model, x, y, loss_fn, per, xi) -> tuple[dict, int]:
+        gates = self.gates
+        grads = {n: torch.zeros_like(t) for n, t in gates.theta.items()}
+        passes = 0
+        try:
+            for name in gates.theta:
+                for j in self.gates.free(name).nonzero().flatten().tolist():
+                    forced = {n: v.clone() for n, v in xi.items()}
+                    forced[name][:, j] = 1.0 - forced[name][:, j]
+                    gates.forced = forced
+                    flipped = per_sample_losses(loss_fn, model(x), y)
+                    sign = 2.0 * xi[name][:, j] - 1.0
+                    grads[name][j] = (sign * (per - flipped)).mean()
+                    passes += 1
+        finally:
+            gates.forced = None
+            gates.last_xi = xi
+        return grads, passes
+
+    def _two_point_surrogate(self, model, x, y, loss_fn, per, xi):
+        grads, passes = self._two_point_gradients(model, x, y, loss_fn, per, xi)
+        total = per.new_zeros(())
+        for name, theta in self.gates.theta.items():
+            total = total + (theta * grads[name]).sum()
+        return total, passes
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        weights = self._weight_prior(model) / self._n()
+        if self.gates is None:
+            return weights
+        total = weights.new_zeros(())
+        for name in self.gates.theta:
+            theta, free = self._safe_theta(name)
+            r = gate_regulariser(theta, self.pi, self.gamma)
+            fixed = gate_regulariser(self.gates.theta[name].detach(), self.pi, self.gamma)
+            total = total + torch.where(free, r, fixed).sum()
+        return weights + total * (self.penalty_scale / self._n())
+
+    def _weight_prior(self, model: nn.Module) -> torch.Tensor:
+        p = next(model.parameters())
+        total = p.new_zeros(())
+        if self.weight_prior == "none":
+            return total
+        s1 = self.prior_sigma
+        for mod in model.modules():
+            if not isinstance(mod, (nn.Linear, nn.Conv2d)):
+                continue
+            w = mod.weight
+            if self.weight_prior == "gaussian":
+                total = total + (w * w).sum() / (2 * s1 * s1)
+            else:
+                s2, a = self.mixture_sigma, self.mixture_weight
+                log1 = -0.5 * (w / s1) ** 2 - math.log(s1) + math.log(max(a, 1e-300))
+                log2 = -0.5 * (w / s2) ** 2 - math.log(s2) + math.log(max(1 - a, 1e-300))
+                total = total - torch.logaddexp(log1, log2).sum()
+        return total
+
+    # ------------------------------------------------------------------ updates
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        self.step = step
+        gates = self.gates
+        if gates is None:
+            return
+        removed_any = False
+        for name, theta in gates.theta.items():
+            free = gates.free(name)
+            g = theta.grad
+            if g is not None:
+                new = (theta - self.lr_theta * g).clamp_(0.0, 1.0)
+                theta.copy_(torch.where(free, new, theta))
+                theta.grad = None
+            low = free & (theta < self.threshold)
+            theta[free & (theta > 1.0 - self.threshold)] = 1.0
+            if bool(low.any()):
+                before = theta.clone()
+                theta[low] = 0.0
+                if not bool((theta > 0).any()):
+                    self._empty_layer(name, theta, before, step)
+                removed_any = True
+        self._pending = getattr(self, "_pending", False) or removed_any
+        if self._pending and self.shrink and step % self.shrink_every == 0:
+            self._shrink()
+            self._pending = False
+        spe = self.ctx.steps_per_epoch
+        if self.records_per_epoch and step % max(1, spe // self.records_per_epoch) == 0:
+            self._record()
+
+    def _empty_layer(self, name: str, theta: torch.Tensor, before: torch.Tensor,
+                     step: int) -> None:
+        if self.on_empty_layer == "error":
+            raise ConfigError(
+                f"every unit of layer '{name}' was pruned at step {step}; a layer cannot vanish: "
+                "raise pi, lower gamma or penalty_scale, or use on_empty_layer='keep'"
+            )
+        j = int(before.argmax())
+        theta[j] = 1.0
+        self.empty_layer_events.append({"layer": name, "step": step, "kept_unit":
+                                        int(self.orig_index[name][j])})
+
+    def _shrink(self, rule: str = "alive") -> None:
+        gates = self.gates
+        masks = {n: m for n, m in gates.unit_masks(rule).items() if not bool(m.all())}
+        thetas = {n: t.detach() for n, t in gates.theta.items()}
+        if not masks:
+            return
+        gates.remove()  # hooks must not be copied into the new model
+        model, opt = shrink_with_optimizer(self.ctx.model, masks, self.ctx.optimizer)
+        keep = dict(masks)
+        for feat, (_, before) in gates.features.items():
+            if before in masks:  # the features of removed filters/units leave with them
+                m = masks[before]
+                keep[feat] = m.repeat_interleave(thetas[feat].numel() // m.numel())
+        for n, m in keep.items():
+            thetas[n] = thetas[n][m.to(thetas[n].device)]
+            self.orig_index[n] = self.orig_index[n][m.cpu()]
+        self.gates = BernoulliGates(
+            model, thetas, at=self.gate_at, layers=[n for n in thetas if n not in gates.features],
+            straight_through=self.estimator == "st", features=bool(gates.features))
+        self.ctx.model, self.ctx.optimizer = model, opt
+        self.shrink_events += 1
+        if self.input_shape is not None:
+            self.flops_now = self._forward_flops(model)
+
+    def after_epoch(self, epoch: int) -> None:
+        if self.gates is None:
+            return
+        if self.finalize and (epoch >= self.ctx.epochs or self.step >= self.ctx.total_steps):
+            self.finalize_network()
+
+    @torch.no_grad()
+    def finalize_network(self) -> nn.Module:
+        """Round undecided gates, shrink to the units with theta = 1 and drop the gates; the
+        deterministic network replaces ctx.model (and is returned)."""
+        gates = self.gates
+        if gates is None:
+            return self.ctx.model
+        undecided, dist = 0, 0.0
+        for name, theta in gates.theta.items():
+            free = gates.free(name)
+            undecided += int(free.sum())
+            if bool(free.any()):
+                t = theta[free]
+                dist = max(dist, float(torch.minimum(t, 1 - t).max()))
+            before = theta.clone()
+            theta.copy_((theta >= 0.5).to(theta.dtype))
+            if not bool((theta > 0).any()):
+                self._empty_layer(name, theta, before, self.step)
+        self.undecided_at_end, self.max_undecided_distance = undecided, dist
+        self._record()
+        self._shrink(rule="final")
+        for feat, (linear, _) in self.gates.features.items():
+            dropped = self.gates.theta[feat].detach() == 0
+            self.ctx.model.get_submodule(linear).weight[:, dropped] = 0.0
+        self.final_widths = self.gates.counts()
+        self.final_theta = {n: t.detach().cpu().clone() for n, t in self.gates.theta.items()}
+        self.gates.remove()
+        self.gates = None
+        self.ctx.model.train(True)
+        return self.ctx.model
+
+    # ------------------------------------------------------------------ reporting
+    def _record(self) -> None:
+        if self.gates is None:
+            return
+        row: dict[str, Any] = {"step": self.step}
+        for name, theta in self.gates.theta.items():
+            full = torch.zeros(self.start_widths[name])
+            full[self.orig_index[name]] = theta.detach().cpu().float()
+            row[name] = full.tolist()
+        self.trajectory.append(row)
+
+    def widths(self) -> dict[str, int]:
+        """Current units per gated layer (alive, theta > 0)."""
+        if self.gates is None:
+            return dict(self.final_widths or {})
+        return self.gates.counts()
+
+    def metrics(self) -> dict[str, float]:
+        w = self.widths()
+        out: dict[str, float] = {"units": sum(w.values())}
+        out.update({f"units[{n}]": k for n, k in w.items()})
+        if self.gates is not None:
+            out["undecided"] = sum(int(self.gates.free(n).sum()) for n in self.gates.theta)
+        else:
+            out["undecided"] = 0
+        if self.train_flops_dense:
+            out["train_flops_ratio"] = self.train_flops / self.train_flops_dense
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Final architecture, training FLOPs, gate statistics (JSON-friendly)."""
+        return {
+            "start_widths": dict(self.start_widths),
+            "final_widths": self.widths(),
+            "undecided_at_end": self.undecided_at_end,
+            "max_undecided_distance": self.max_undecided_distance,
+            "train_flops": self.train_flops,
+            "train_flops_dense": self.train_flops_dense,
+            "train_flops_saved": (1.0 - self.train_flops / self.train_flops_dense
+                                  if self.train_flops_dense else None),
+            "shrink_events": self.shrink_events,
+            "empty_layer_events": list(self.empty_layer_events),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        theta = {}
+        if self.gates is not None:
+            theta = {n: t.detach().cpu().clone() for n, t in self.gates.theta.items()}
+        ctx = getattr(self, "ctx", None)
+        return {"options": self.options(), "masks": None, "theta": theta,
+                "orig_index": dict(getattr(self, "orig_index", {})),
+                "summary": self.summary() if hasattr(self, "start_widths") else {},
+                # the shrunk network no longer fits the registry model: its architecture
+                # (prunelab.shrink.from_architecture) rebuilds it for the saved weights
+                "architecture": architecture(ctx.model) if ctx is not None else None}
+
+
+__all__ = ["BernoulliGating", "gate_regulariser", "per_sample_losses"]

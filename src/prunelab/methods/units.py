@@ -1,0 +1,289 @@
+"""Unit pruning (Evci 2018; Mean Replacement Pruning): iterative rounds of removing the
+least salient units/filters, each followed by fine-tuning, then a physically smaller model.
+
+During training the removed units are masked (incoming weights, bias and outgoing weights,
+kept zero by a MaskEnforcer). Scores come from the training steps themselves: forward hooks on
+the post-activation outputs and tensor hooks on their gradients accumulate MRS, removal
+saliency and the unit means over the last `score_steps` steps before each round, so scoring
+costs no extra pass. With `mean_replacement` the removed units' mean outputs are folded into
+the next layer's bias (bias propagation) at the moment they are removed; at the end
+`shrunk_model()` is a genuinely smaller network computing what the masked model computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab import atomic
+from prunelab.errors import ConfigError, UnknownNameError, check_range
+from prunelab.masks import UnitMasks, unit_masks_to_weight_masks
+from prunelab.methods.base import MaskedMethod, TrainContext
+from prunelab.models import count_parameters
+from prunelab.scores import UNIT_SCORES, select_units, unit_means, unit_scores
+from prunelab.shrink import (
+    architecture,
+    flat_modules,
+    fold_means,
+    save_shrunk,
+    shrink,
+    unit_layers,
+    widths,
+)
+
+
+class _Collector:
+    """Accumulates MRS, removal saliency and means of every hidden unit from the training
+    steps' own forward and backward passes (hooks fire only while `active`)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = unit_layers(model)
+        flat = flat_modules(model)
+        self.active = False
+        self.handles = [flat[L.point][1].register_forward_hook(self._hook(L.name))
+                        for L in self.layers]
+        self.reset()
+
+    def reset(self) -> None:
+        self.mrs: dict[str, torch.Tensor] = {}
+        self.removal: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.positions: dict[str, int] = {}
+        self.samples: dict[str, int] = {}
+
+    def _hook(self, name: str):
+        def forward_hook(mod, inp, out):
+            if not (self.active and mod.training and torch.is_grad_enabled()
+                    and out.requires_grad):
+                return
+            a = out.detach()
+
+            def grad_hook(g: torch.Tensor) -> None:
+                self._accumulate(name, a, g.detach())
+
+            out.register_hook(grad_hook)
+        return forward_hook
+
+    @torch.no_grad()
+    def _accumulate(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        spatial = tuple(range(2, a.dim()))
+        shape = (1, -1) + (1,) * len(spatial)
+        a_bar = a.mean(dim=(0, *spatial))
+        d_mean, d_rem = g * (a - a_bar.view(shape)), g * a
+        if spatial:
+            d_mean, d_rem = d_mean.sum(dim=spatial), d_rem.sum(dim=spatial)
+        per_unit = a.transpose(0, 1).reshape(a.shape[1], -1)
+        for store, val in ((self.mrs, d_mean.abs().sum(0)), (self.removal, d_rem.abs().sum(0)),
+                           (self.sums, per_unit.sum(1))):
+            store[name] = store.get(name, 0) + val.double()
+        self.positions[name] = self.positions.get(name, 0) + per_unit.shape[1]
+        self.samples[name] = self.samples.get(name, 0) + 1  # batches (g has the 1/b already)
+
+    def scores(self, kind: str) -> dict[str, torch.Tensor]:
+        src = self.mrs if kind == "mrs" else self.removal
+        return {L.name: (src[L.name] / self.samples[L.name]).float() for L in self.layers}
+
+    def means(self) -> dict[str, torch.Tensor]:
+        return {L.name: (self.sums[L.name] / self.positions[L.name]).float()
+                for L in self.layers}
+
+    @property
+    def ready(self) -> bool:
+        return all(L.name in self.samples for L in self.layers)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+@dataclass
+class UnitPruning(MaskedMethod):
+    """Prune `fraction` of the alive units of each hidden layer (scope 'layer') or of all
+    (scope 'global') per round, or `count` units per round (count overrides fraction), after
+    epochs start_epoch, start_epoch + every, ... (`rounds` rounds), by `score` (mrs, norm,
+    removal, random, oracle); `mean_replacement` folds removed units' means into the next
+    bias, else they are plainly removed."""
+
+    scope: str = "layer"
+    fraction: float | None = 0.25
+    count: int | None = None
+    rounds: int = 3
+    score: str = "mrs"
+    mean_replacement: bool = True
+    start_epoch: int = 1
+    every: int = 1
+    score_steps: int = 20
+    score_samples: int = 1024
+    seed: int = 0
+    data_in: Any = field(default=None, repr=False)
+
+    name = "units"
+
+    def __post_init__(self) -> None:
+        if self.count is not None:
+            check_range("count", self.count, 1)
+            self.fraction = None
+        elif self.fraction is None:
+            raise ConfigError("method 'units' needs fraction (in [0, 1)) or count (>= 1)")
+        else:
+            check_range("fraction", self.fraction, 0.0, 1.0, high_inclusive=False)
+        if self.score not in UNIT_SCORES:
+            raise UnknownNameError("unit score", self.score, UNIT_SCORES)
+        if self.scope not in ("global", "layer"):
+            raise ConfigError(f"scope must be 'global' or 'layer', got '{self.scope}'")
+        check_range("rounds", self.rounds, 1)
+        check_range("start_epoch", self.start_epoch, 1)
+        check_range("every", self.every, 1)
+        check_range("score_steps", self.score_steps, 1)
+        check_range("score_samples", self.score_samples, 1)
+
+    # --------------------------------------------------------------------- protocol
+
+    def attach(self, ctx: TrainContext) -> None:
+        super().attach(ctx)
+        layers = unit_layers(ctx.model)  # MaskError naming an unsupported layer
+        if not layers:
+            raise ConfigError("method 'units' needs a model with at least one hidden layer")
+        self.prune_epochs = [self.start_epoch + k * self.every for k in range(self.rounds)]
+        if self.prune_epochs[-1] > ctx.epochs:
+            raise ConfigError(
+                f"method 'units': {self.rounds} rounds every {self.every} epoch(s) from epoch "
+                f"{self.start_epoch} need at least {self.prune_epochs[-1]} epochs; "
+                f"training has {ctx.epochs}"
+            )
+        if self.mean_replacement:
+            for L in layers:
+                if L.next_module.bias is None:
+                    raise ConfigError(f"mean replacement needs a bias in '{L.next_name}'; "
+                                      "set mean_replacement=false")
+        if self.score == "oracle" and self._data() is None:
+            raise ConfigError("score 'oracle' needs the training data (pass data_in=Dataset "
+                              "when building the method in Python); use mrs on the CLI")
+        self.unit_masks: UnitMasks = {
+            L.name: torch.ones(L.units, dtype=torch.bool, device=L.module.weight.device)
+            for L in layers
+        }
+        self.history: list[dict[str, Any]] = []
+        self.params_dense = count_parameters(ctx.model)
+        self._step = 0
+        self.collector = _Collector(ctx.model)
+        self._update_collecting()
+
+    def _data(self):
+        return self.data_in if self.data_in is not None else getattr(self.ctx, "data", None)
+
+    def _round_step(self, epoch: int) -> int:
+        return min(epoch * self.ctx.steps_per_epoch, self.ctx.total_steps)
+
+    def _update_collecting(self) -> None:
+        upcoming = [e for e in self.prune_epochs if self._round_step(e) > self._step]
+        if not upcoming:
+            self.collector.active = False
+            return
+        end = self._round_step(upcoming[0])
+        # the backward of step self._step + 1 is the next one to run
+        self.collector.active = end - self.score_steps < self._step + 1 <= end
+
+    def after_step(self, step: int) -> None:
+        self._step = step
+        self._update_collecting()
+
+    def after_epoch(self, epoch: int) -> None:
+        if epoch in self.prune_epochs:
+            self.prune_round(epoch)
+        if epoch >= self.prune_epochs[-1]:
+            self.collector.close()
+
+    # --------------------------------------------------------------------- pruning
+
+    def _scores_and_means(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        model = self.ctx.model
+        if self.score == "oracle":
+            data = self._data()
+            sub = data.subset_train(min(self.score_samples, data.n_train), seed=self.seed)
+            dev = next(model.parameters()).device
+            batch = (sub.x_train.to(dev), sub.y_train.to(dev))
+            means = unit_means(model, batch)
+            return unit_scores(model, batch, "oracle", means=means), means
+        if not self.collector.ready:
+            raise ConfigError("no training step was seen before a pruning round; "
+                              "lower score_steps or prune later")
+        means = self.collector.means()
+        if self.score in ("mrs", "removal"):
+            return self.collector.scores(self.score), means
+        return unit_scores(model, None, self.score, seed=self.seed + len(self.history)), means
+
+    def prune_round(self, epoch: int) -> None:
+        """Score, select, fold means (optional) and mask: one round of unit pruning."""
+        scores, means = self._scores_and_means()
+        current = {k: v.cpu() for k, v in self.unit_masks.items()}
+        new = select_units(scores, fraction=self.fraction, count=self.count, scope=self.scope,
+                           current=current)
+        removed = {k: current[k] & ~new[k] for k in new}
+        if self.mean_replacement:
+            fold_means(self.ctx.model, removed, means)
+        dev = next(self.ctx.model.parameters()).device
+        self.unit_masks = {k: v.to(dev) for k, v in new.items()}
+        self.enforcer.update(unit_masks_to_weight_masks(self.ctx.model, self.unit_masks))
+        self.collector.reset()
+        self.history.append({
+            "epoch": epoch,
+            "removed": {k: int(v.sum()) for k, v in removed.items()},
+            "alive": {k: int(v.sum()) for k, v in new.items()},
+            "params_after_shrink": count_parameters(self.shrunk_model()),
+        })
+
+    # --------------------------------------------------------------------- results
+
+    def shrunk_model(self) -> nn.Sequential:
+        """The physically smaller network (means already folded into the biases)."""
+        return shrink(self.ctx.model, {k: v.cpu() for k, v in self.unit_masks.items()})
+
+    def metrics(self) -> dict[str, float]:
+        out = super().metrics()
+        if hasattr(self, "unit_masks"):
+            out["units_alive"] = float(sum(int(v.sum()) for v in self.unit_masks.values()))
+            out["params_after_shrink"] = float(
+                self.history[-1]["params_after_shrink"] if self.history else self.params_dense
+            )
+        return out
+
+    def options(self) -> dict[str, Any]:
+        opts = super().options()
+        opts.pop("data_in", None)
+        return opts
+
+    def summary(self) -> dict[str, Any]:
+        """Widths, parameter counts and the round log, JSON-friendly."""
+        small = self.shrunk_model()
+        return {
+            "params_dense": self.params_dense,
+            "params_shrunk": count_parameters(small),
+            "param_ratio": self.params_dense / max(count_parameters(small), 1),
+            "widths_dense": widths(self.ctx.model),
+            "widths_shrunk": widths(small),
+            "architecture": architecture(small),
+            "rounds": self.history,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if hasattr(self, "unit_masks"):
+            small = self.shrunk_model()
+            state["unit_masks"] = {k: v.cpu() for k, v in self.unit_masks.items()}
+            state["history"] = self.history
+            state["shrunk"] = {"architecture": architecture(small),
+                               "state_dict": {k: v.detach().cpu()
+                                              for k, v in small.state_dict().items()}}
+        return state
+
+    def write_outputs(self, out_dir: str | Path) -> None:
+        """shrunk.pt (architecture + weights, `prunelab.shrink.load_shrunk`) and shrink.json."""
+        out_dir = Path(out_dir)
+        save_shrunk(out_dir / "shrunk.pt", self.shrunk_model())
+        atomic.write_json(out_dir / "shrink.json", self.summary())

@@ -1,0 +1,379 @@
+"""Bernoulli-gate variational pruning: estimators, projection, shrinking, bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from prunelab.config import TrainConfig
+from prunelab.data import load_dataset
+from prunelab.errors import ConfigError
+from prunelab.gates import BernoulliGates
+from prunelab.methods import build_method
+from prunelab.methods.base import TrainContext
+from prunelab.methods.bernoulli import BernoulliGating, gate_regulariser
+from prunelab.models import mlp
+from prunelab.train import Trainer
+
+
+def tiny_net(dtype=torch.float64) -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2), nn.Tanh(),
+                         nn.Linear(2, 3)).to(dtype)
+
+
+def attached(model: nn.Module, steps_per_epoch: int = 10, epochs: int = 5, lr: float = 0.01,
+             optimizer: str = "adam", **options) -> BernoulliGating:
+    options.setdefault("shrink_every", 1)
+    method = BernoulliGating(n_train=100, **options)
+    opt = (torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "adam"
+           else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+    method.attach(TrainContext(model, opt, steps_per_epoch, steps_per_epoch * epochs, epochs))
+    return method
+
+
+THETA = {"1": [0.3, 0.65, 0.8], "3": [0.55, 0.2]}
+
+
+def set_theta(method: BernoulliGating, values: dict[str, list[float]]) -> None:
+    with torch.no_grad():
+        for name, v in values.items():
+            method.gates.theta[name].copy_(torch.tensor(v, dtype=method.gates.theta[name].dtype))
+
+
+def configs(batch: int, widths: dict[str, int]):
+    """Every joint gate configuration of `batch` examples: {layer -> (batch, units)}."""
+    sizes = [(n, k) for n, k in widths.items()]
+    total = batch * sum(k for _, k in sizes)
+    for bits in itertools.product((0.0, 1.0), repeat=total):
+        t = torch.tensor(bits, dtype=torch.float64)
+        out, pos = {}, 0
+        for name, k in sizes:
+            out[name] = t[pos : pos + batch * k].reshape(batch, k)
+            pos += batch * k
+        yield out
+
+
+def q_of(theta: dict[str, torch.Tensor], xi: dict[str, torch.Tensor]) -> torch.Tensor:
+    q = torch.ones((), dtype=torch.float64)
+    for name, x in xi.items():
+        t = theta[name]
+        q = q * (t ** x * (1 - t) ** (1 - x)).prod()
+    return q
+
+
+@pytest.mark.parametrize("estimator,baseline,batch,layers", [
+    ("exact", "none", 1, None), ("reinforce", "loo", 2, ["1"]), ("reinforce", "none", 1, None)])
+def test_estimators_unbiased_against_enumeration(estimator, baseline, batch, layers):
+    model = tiny_net()
+    method = attached(model, estimator=estimator, baseline=baseline, theta_init=0.5,
+                      layers=layers)
+    set_theta(method, {n: v for n, v in THETA.items() if layers is None or n in layers})
+    torch.manual_seed(0)
+    x = torch.randn(batch, 4, dtype=torch.float64)
+    y = torch.tensor([0, 2])[:batch]
+    widths = {n: t.numel() for n, t in method.gates.theta.items()}
+    theta_exact = {n: t.detach().clone().requires_grad_(True)
+                   for n, t in method.gates.theta.items()}
+    expected = torch.zeros((), dtype=torch.float64)
+    mean_estimate = {n: torch.zeros_like(t) for n, t in theta_exact.items()}
+    for xi in configs(batch, widths):
+        method.gates.forced = xi
+        for t in method.gates.theta.values():
+            t.grad = None
+        loss = method.batch_loss(model, x, y, F.cross_entropy)
+        loss.backward()
+        q = q_of(theta_exact, xi)
+        expected = expected + q * loss.detach()  # value equals the mean loss of config xi
+        with torch.no_grad():
+            for n, t in method.gates.theta.items():
+                mean_estimate[n] += q.detach() * t.grad
+    method.gates.forced = None
+    exact = torch.autograd.grad(expected, list(theta_exact.values()))
+    for (name, _), g in zip(theta_exact.items(), exact):
+        assert torch.allclose(mean_estimate[name], g, atol=1e-10), (name, mean_estimate[name], g)
+    # the gradient is not trivially zero
+    assert max(float(g.abs().max()) for g in exact) > 1e-3
+
+
+def test_straight_through_is_first_order_two_point():
+    """With a loss linear in one gate, the straight-through gradient equals f(1) - f(0)."""
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1)).double()
+    method = attached(model, estimator="st", theta_init=0.5)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    xi = {"0": torch.ones(5, 2, dtype=torch.float64)}
+    method.gates.forced = xi
+    loss = method.batch_loss(model, x, None, lambda out, y: out.mean())
+    loss.backward()
+    with torch.no_grad():
+        diffs = []
+        for j in range(2):
+            off = {"0": xi["0"].clone()}
+            off["0"][:, j] = 0
+            method.gates.forced = off
+            diffs.append(float(model(x).mean() - loss))
+    assert torch.allclose(method.gates.theta["0"].grad,
+                          -torch.tensor(diffs, dtype=torch.float64), atol=1e-12)
+
+
+def test_projected_updates_keep_theta_in_unit_interval():
+    model = tiny_net()
+    method = attached(model, theta_init=0.5, threshold=0.05, shrink=False, lr_theta=10.0)
+    set_theta(method, THETA)
+    for t in method.gates.theta.values():
+        t.grad = torch.tensor([5.0, -5.0, 0.01][: t.numel()], dtype=t.dtype)
+    method.after_step(1)
+    th = {n: t.detach() for n, t in method.gates.theta.items()}
+    assert th["1"].tolist() == [0.0, 1.0, pytest.approx(0.7)]
+    assert th["3"].tolist() == [0.0, 1.0]
+    # fixed gates take no further updates, whatever their gradient
+    for t in method.gates.theta.values():
+        t.grad = torch.full_like(t, -100.0)
+    method.after_step(2)
+    assert method.gates.theta["1"][0] == 0.0 and method.gates.theta["3"][0] == 0.0
+    assert all(0 <= float(t.detach().min()) and float(t.detach().max()) <= 1
+               for t in method.gates.theta.values())
+
+
+def test_regulariser_is_concave_with_minima_at_the_ends():
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    r = gate_regulariser(t, 0.1, 2.0)
+    assert torch.all(r[1:-1] >= torch.minimum(r[0], r[-1]))
+    second = r[2:] - 2 * r[1:-1] + r[:-2]
+    assert torch.all(second <= 1e-12)
+    assert float(r[-1] - r[0]) == pytest.approx(torch.log(torch.tensor(9.0)).item())
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_shrunk_network_matches_gated_network(net, tiny_mlp, tiny_cnn):
+    model = (tiny_mlp if net == "mlp" else tiny_cnn).double()
+    x = torch.randn(6, *((6,) if net == "mlp" else (1, 10, 10)), dtype=torch.float64)
+    method = attached(model, theta_init=0.5)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for t in method.gates.theta.values():
+            t.copy_(torch.randint(0, 2, t.shape, generator=g).to(t))
+            t[0] = 1.0
+    model.eval()
+    gated_eval = model(x)
+    model.train()
+    gated_train = model(x)  # theta in {0, 1}: the sampled gates are deterministic
+    kept = {n: int(t.sum()) for n, t in method.gates.theta.items()}
+    final = method.finalize_network()
+    assert method.ctx.model is final and method.gates is None
+    assert not final._forward_hooks and all(not m._forward_hooks for m in final.modules())
+    final.eval()
+    out = final(x)
+    assert torch.allclose(out, gated_eval, atol=1e-12)
+    assert torch.allclose(out, gated_train, atol=1e-12)
+    assert method.widths() == kept
+    assert sum(p.numel() for p in final.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_removing_a_unit_mid_training_keeps_optimizer_state(optimizer, tiny_cnn):
+    model = tiny_cnn
+    method = attached(model, optimizer=optimizer, theta_init=0.9)
+    x, y = torch.randn(8, 1, 10, 10), torch.randint(0, 3, (8,))
+    for step in range(1, 4):
+        loss = method.batch_loss(method.ctx.model, x, y, F.cross_entropy)
+        loss = loss + method.penalty(method.ctx.model)
+        method.ctx.optimizer.zero_grad()
+        loss.backward()
+        method.ctx.optimizer.step()
+        method.after_step(step)
+    old_model, old_opt = method.ctx.model, method.ctx.optimizer
+    key = "exp_avg" if optimizer == "adam" else "momentum_buffer"
+    old_state = {n: old_opt.state[p][key].clone() for n, p in old_model.named_parameters()}
+    with torch.no_grad():
+        method.gates.theta["0"][1] = 0.01  # conv filter 1 falls below the threshold
+        method.gates.theta["6"][[2, 5]] = 0.01  # and two units of the hidden Linear
+    method.after_step(4)
+    new_model, new_opt = method.ctx.model, method.ctx.optimizer
+    assert new_model is not old_model and new_opt is not old_opt
+    assert method.widths() == {"0": 3, "3": 6, "6": 5}
+    assert new_model[0].out_channels == 3 and new_model[6].out_features == 5
+    params = dict(new_model.named_parameters())
+    assert {id(p) for g in new_opt.param_groups for p in g["params"]} == {
+        id(p) for p in params.values()}
+    for p in params.values():
+        assert new_opt.state[p][key].shape == p.shape
+    keep_f = torch.tensor([0, 2, 3])
+    keep_u = torch.tensor([0, 1, 3, 4, 6])
+    assert torch.equal(new_opt.state[params["0.weight"]][key], old_state["0.weight"][keep_f])
+    assert torch.equal(new_opt.state[params["3.weight"]][key], old_state["3.weight"][:, keep_f])
+    assert torch.equal(new_opt.state[params["6.weight"]][key], old_state["6.weight"][keep_u])
+    assert torch.equal(new_opt.state[params["8.weight"]][key],
+                       old_state["8.weight"][:, keep_u])
+    # training goes on with the new pair, and the gates follow the new model
+    loss = method.batch_loss(new_model, x, y, F.cross_entropy)
+    new_opt.zero_grad()
+    loss.backward()
+    new_opt.step()
+    assert method.orig_index["6"].tolist() == [0, 1, 3, 4, 6]
+
+
+def test_every_unit_pruned_keeps_one_or_raises():
+    model = tiny_net()
+    method = attached(model, theta_init=0.5)
+    set_theta(method, {"3": [0.04, 0.02]})
+    method.after_step(1)
+    assert method.widths()["3"] == 1
+    assert method.empty_layer_events[0]["layer"] == "3"
+    assert method.empty_layer_events[0]["kept_unit"] == 0
+    model = tiny_net()
+    method = attached(model, theta_init=0.5, on_empty_layer="error")
+    set_theta(method, {"3": [0.04, 0.02]})
+    with pytest.raises(ConfigError, match="every unit of layer '3'"):
+        method.after_step(1)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1.0, 1.5, -0.1])
+def test_threshold_outside_range_is_refused(value):
+    with pytest.raises(ConfigError, match=r"threshold must be in \(0, 0.5\)"):
+        build_method("bernoulli", threshold=value)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ConfigError, match="theta_init"):
+        build_method("bernoulli", theta_init=0.01, threshold=0.05)
+    with pytest.raises(ConfigError, match="estimator must be one of"):
+        build_method("bernoulli", estimator="gumbel")
+    with pytest.raises(ConfigError, match="pi must be in"):
+        build_method("bernoulli", pi=1.0)
+
+
+def test_gates_on_layers_that_cannot_carry_them(tiny_mlp):
+    sig = mlp((6,), 3, widths=(5, 4), activation="sigmoid")
+    with pytest.raises(ConfigError, match="cannot carry gates.*Sigmoid"):
+        BernoulliGates(sig, at="layer")
+    BernoulliGates(sig, at="output").remove()  # gating after the activation is exact
+    with pytest.raises(ConfigError, match="layer '5' cannot carry gates"):
+        BernoulliGates(tiny_mlp, layers=["5"])  # the output layer
+    with pytest.raises(ConfigError, match="no hidden"):
+        BernoulliGates(nn.Sequential(nn.Flatten(), nn.Linear(6, 3)))
+
+
+def test_layer_point_gates_equal_output_gates_for_relu(tiny_cnn):
+    x = torch.randn(4, 1, 10, 10)
+    outs = []
+    for at in ("layer", "output"):
+        gates = BernoulliGates(tiny_cnn, at=at)
+        with torch.no_grad():
+            for t in gates.theta.values():
+                t.copy_((torch.arange(t.numel()) % 2).float())
+        tiny_cnn.eval()
+        outs.append(tiny_cnn(x))
+        gates.remove()
+    assert torch.allclose(outs[0], outs[1])
+
+
+def test_exact_estimator_refuses_large_layers():
+    model = mlp((20,), 3, widths=(50, 30))
+    with pytest.raises(ConfigError, match="80 gated units, more than max_exact_units=64"):
+        attached(model, estimator="exact")
+
+
+def test_score_function_needs_per_example_losses():
+    model = tiny_net(torch.float32)
+    method = attached(model, estimator="reinforce", theta_init=0.5)
+    with pytest.raises(ConfigError, match="reduction='none'"):
+        method.batch_loss(model, torch.randn(3, 4), torch.tensor([0, 1, 2]),
+                          lambda out, y: F.cross_entropy(out, y))
+
+
+@pytest.mark.parametrize("estimator", ["st", "reinforce"])
+def test_training_ends_deterministic_and_smaller(estimator):
+    data = load_dataset("xor", n_relevant=2, n_irrelevant=4, n_train=400, n_test=400, seed=0)
+    torch.manual_seed(0)
+    model = mlp(data.input_shape, data.num_classes, widths=(32, 16))
+    method = build_method("bernoulli", estimator=estimator, penalty_scale=5.0, lr_theta=2.0,
+                          theta_init=0.8, shrink_every=5)
+    cfg = TrainConfig(epochs=6, batch_size=50, optimizer="adam", lr=1e-2, eval_train=False)
+    result = Trainer(model, data, cfg, method).fit()
+    final = method.ctx.model
+    widths = method.widths()
+    assert method.gates is None and method.undecided_at_end is not None
+    assert sum(widths.values()) < 48
+    assert [final[1].out_features, final[3].out_features] == [widths["1"], widths["3"]]
+    assert result.sparsity["global"]["params"] == sum(p.numel() for p in final.parameters())
+    last = method.trajectory[-1]
+    assert all(v in (0.0, 1.0) for n in ("1", "3") for v in last[n])
+    s = method.summary()
+    assert s["train_flops"] < s["train_flops_dense"]
+    assert "units" in result.metrics[-1] and "undecided" in result.metrics[-1]
+
+
+def test_state_dict_rebuilds_the_shrunk_network(tiny_mlp):
+    from prunelab.shrink import from_architecture
+
+    method = attached(tiny_mlp, theta_init=0.5)
+    with torch.no_grad():
+        method.gates.theta["1"].copy_(torch.tensor([1.0, 0, 1, 0, 1, 1, 0, 1]))
+        method.gates.theta["3"].fill_(1.0)
+    final = method.finalize_network()
+    state = method.state_dict()
+    rebuilt = from_architecture(state["architecture"])
+    rebuilt.load_state_dict(final.state_dict())
+    x = torch.randn(3, 6)
+    assert torch.allclose(rebuilt(x), final(x))
+    assert state["summary"]["final_widths"] == {"1": 5, "3": 5}
+
+
+@pytest.mark.slow
+def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
+    from conftest import shared_data_dir
+
+    monkeypatch.setenv("PRUNELAB_DATA", str(shared_data_dir()))
+    from prunelab.experiments.bernoulli import run
+
+    res = run(tmp_path / "out", quick=True, progress=False, log=lambda s: None)
+    assert (tmp_path / "out" / "report.md").exists()
+    assert (tmp_path / "out" / "figures" / "theta_trajectories.png").exists()
+    assert len(res["runs"]) == 5 and all(r["units"] < 400 * 4 for r in res["runs"])
+
+
+def test_input_feature_gates_follow_shrinking_and_finalize(tiny_cnn):
+    model = tiny_cnn.double()
+    method = attached(model, theta_init=0.5, gate_inputs=True)
+    assert list(method.gates.theta) == ["0", "3", "5", "6"]  # conv, conv, flatten (24), fc
+    assert method.start_widths["5"] == 24
+    with torch.no_grad():
+        method.gates.theta["3"].copy_(torch.tensor([0.5, 0.01, 0.5, 0.5, 0.5, 0.5]))
+        method.gates.theta["5"][[0, 9, 13]] = 0.01  # feature 9 belongs to filter 2
+    method.after_step(1)
+    # filter 1 of conv "3" is gone with its 4 features; features 0, 9, 13 are held at zero
+    assert method.gates.theta["5"].numel() == 20
+    assert method.widths()["5"] == 17
+    assert method.orig_index["5"].tolist() == [0, 1, 2, 3] + list(range(8, 24))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in method.gates.theta.values():
+            t.copy_(torch.randint(0, 2, t.shape, generator=g).to(t) * (t > 0))
+            t[1] = 1.0
+    x = torch.randn(5, 1, 10, 10, dtype=torch.float64)
+    method.ctx.model.eval()
+    gated = method.ctx.model(x)
+    kept_feats = int((method.gates.theta["5"] > 0).sum())
+    final = method.finalize_network()
+    final.eval()
+    assert torch.allclose(final(x), gated, atol=1e-12)
+    assert int(final[6].weight.ne(0).any(dim=0).sum()) == kept_feats
+    assert method.widths()["5"] == kept_feats
+
+
+def test_shrinking_is_batched_every_k_steps(tiny_mlp):
+    method = attached(tiny_mlp, theta_init=0.5, shrink_every=3)
+    first = method.ctx.model
+    with torch.no_grad():
+        method.gates.theta["1"][2] = 0.01
+    method.after_step(1)
+    assert method.ctx.model is first and method.gates.theta["1"][2] == 0.0  # held at xi = 0
+    method.after_step(2)
+    assert method.ctx.model is first
+    method.after_step(3)
+    assert method.ctx.model is not first and method.ctx.model[1].out_features == 7
