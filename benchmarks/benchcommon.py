@@ -53,10 +53,10 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    """Write benchmarks/results/NAME.json (atomically) and return its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_results(name: str, payload: dict[str, Any], path: str | Path | None = None) -> Path:
+    """Write benchmarks/results/NAME.json (or `path`) atomically and return its path."""
+    path = Path(path) if path is not None else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)

@@ -9,7 +9,7 @@ first or last) and the median epoch time of each is reported with the ratios
     masked / dense          target <= 1.05   (masking costs at most 5%)
     torch_prune / masked    target >  1      (prunelab is faster than torch's prune hooks)
 
-Run: .venv/bin/python benchmarks/masked_training_overhead.py [--rounds 15] [--batches 60] [--quick]
+Run: .venv/bin/python benchmarks/masked_training_overhead.py [--rounds 25] [--batches 60] [--quick]
 Writes benchmarks/results/masked_training_overhead.json.
 """
 
@@ -55,6 +55,8 @@ class Variant:
         self.optimizer = optimizer
         self.times: list[float] = []
         self.losses: list[float] = []
+        self.hook_seconds = 0.0  # time inside the timed hook (breakdown variants only)
+        self.hook_times: list[float] = []  # per epoch
 
     def epoch(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """Train over `batches` the way prunelab's Trainer does; returns the wall time."""
@@ -73,7 +75,17 @@ class Variant:
         mean_loss = float(running) / (len(batches) * BATCH)  # the one sync, as in Trainer
         elapsed = time.perf_counter() - start
         self.losses.append(mean_loss)
+        self.hook_times.append(self.hook_seconds)
+        self.hook_seconds = 0.0
         return elapsed
+
+    def timed(self, fn: Callable[[], None]) -> Callable[..., None]:
+        """Wrap a hook body so the time spent in it is added to `hook_seconds`."""
+        def hook(*_: Any) -> None:
+            t = time.perf_counter()
+            fn()
+            self.hook_seconds += time.perf_counter() - t
+        return hook
 
 
 def make_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
@@ -116,27 +128,36 @@ def build_variants(
             model = copy.deepcopy(base)
             opt = make_sgd(model.parameters())
             enforcer = MaskEnforcer(model, masks)  # masks applied, no hooks yet
+            v = Variant(name, model, opt)
+            # The same bodies MaskEnforcer.attach registers, timed from inside the loop.
             if name == "masked_grad_only":
-                opt.register_step_pre_hook(lambda *_, e=enforcer: e.mask_gradients())
+                opt.register_step_pre_hook(v.timed(enforcer.mask_gradients))
             else:
-                opt.register_step_post_hook(lambda *_, e=enforcer: e.enforce())
-            variants.append(Variant(name, model, opt))
+                opt.register_step_post_hook(v.timed(enforcer.enforce))
+            variants.append(v)
     return {v.name: v for v in variants}, masks
+
+
+def count_revived(variant: Variant, masks: dict[str, torch.Tensor]) -> int:
+    """Pruned entries whose (effective) weight is not exactly zero."""
+    params = dict(variant.model.named_parameters())
+    modules = dict(variant.model.named_modules())
+    n_bad = 0
+    for pname, mask in masks.items():
+        if pname in params:
+            w = params[pname].detach()
+        else:  # torch prune form: the effective weight is an attribute of the module
+            mod_name, _, attr = pname.rpartition(".")
+            w = getattr(modules[mod_name], attr).detach()
+        n_bad += int(w[~mask].ne(0).sum())
+    return n_bad
 
 
 def check_masked_zero(variants: dict[str, Variant], masks: dict[str, torch.Tensor]) -> None:
     """Sanity: pruned weights are exactly zero after training, in both masked variants."""
     for label in ("masked", "torch_prune"):
-        params = dict(variants[label].model.named_parameters())
-        modules = dict(variants[label].model.named_modules())
-        for pname, mask in masks.items():
-            if label == "masked":
-                w = params[pname].detach()
-            else:
-                mod_name, _, attr = pname.rpartition(".")
-                w = getattr(modules[mod_name], attr).detach()
-            n_bad = int(w[~mask].ne(0).sum())
-            assert n_bad == 0, f"{label}: {n_bad} pruned entries of {pname} are nonzero"
+        n_bad = count_revived(variants[label], masks)
+        assert n_bad == 0, f"{label}: {n_bad} pruned weights are nonzero after training"
     report = sparsity_report(variants["masked"].model, masks, INPUT_SHAPE)["global"]
     expected = 1.0 - sum(int(m.sum()) for m in masks.values()) / report["weights"]
     assert report["weight_sparsity"] >= expected - 1e-9, (report["weight_sparsity"], expected)
@@ -197,6 +218,12 @@ def run(rounds: int, n_batches: int, warmup: int, seed: int, breakdown: bool = T
         "median_epoch_seconds": med,
         "median_step_ms": {n: med[n] / n_batches * 1e3 for n in names_all},
         "overhead_over_dense": {n: med[n] / med["dense"] - 1.0 for n in names_all},
+        # Time inside each MaskEnforcer hook, measured in the training loop, per step and as a
+        # fraction of the median dense step: the attribution of the masked overhead.
+        "hook_us_per_step": {n: median(variants[n].hook_times) / n_batches * 1e6
+                             for n in BREAKDOWN if n in variants},
+        "hook_fraction_of_dense_step": {n: median(variants[n].hook_times) / med["dense"]
+                                        for n in BREAKDOWN if n in variants},
         "ratios": {
             "masked_over_dense": ratio_md,
             "torch_prune_over_masked": ratio_tm,
@@ -213,6 +240,9 @@ def run(rounds: int, n_batches: int, warmup: int, seed: int, breakdown: bool = T
         },
         "final_train_loss": {n: variants[n].losses[-1] for n in names_all},
         "masked_weights_zero": True,
+        # Informational: do the single-hook variants keep the pruned weights at zero too?
+        "breakdown_nonzero_pruned": {n: count_revived(variants[n], masks)
+                                     for n in BREAKDOWN if n in variants},
     }
 
 
@@ -234,23 +264,36 @@ def print_table(res: dict[str, Any]) -> None:
           f"(paired {r['paired_torch_prune_over_masked']:.3f})  target > 1       "
           f"{verdict(ok['torch_prune_over_masked'])}")
     print("sanity: pruned weights exactly zero after training in masked and torch_prune: OK")
+    for n, us in res.get("hook_us_per_step", {}).items():
+        hook = "mask_gradients (pre-step)" if n == "masked_grad_only" else "enforce (post-step)"
+        print(f"time inside {hook:<26}: {us:6.1f} us/step = "
+              f"{res['hook_fraction_of_dense_step'][n]:.1%} of a dense step; "
+              f"{res['breakdown_nonzero_pruned'][n]} pruned weights nonzero after training "
+              f"with this hook alone")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15, help="interleaved timed rounds (15)")
+    ap.add_argument("--rounds", type=int, default=25, help="interleaved timed rounds (25)")
     ap.add_argument("--batches", type=int, default=60, help="batches per epoch (60)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant (1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None,
+                    help=f"JSON output (default benchmarks/results/{NAME}.json)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's default, one per core); 1 "
+                         "keeps the timings sane on a machine whose cores are busy")
     ap.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                     help="skip the two single-hook variants that attribute the masked overhead")
     ap.add_argument("--quick", action="store_true", help="3 rounds of 20 batches (smoke test)")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.batches = 3, 20
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     res = run(args.rounds, args.batches, args.warmup, args.seed, args.breakdown)
     print_table(res)
-    path = write_results(NAME, res)
+    path = write_results(NAME, res, args.out)
     print(f"wrote {path}")
     return 0
 

@@ -329,12 +329,14 @@ def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
     from conftest import shared_data_dir
 
     monkeypatch.setenv("PRUNELAB_DATA", str(shared_data_dir()))
-    from prunelab.experiments.bernoulli import run
+    from prunelab.experiments.bernoulli import default_plan, run
 
     res = run(tmp_path / "out", quick=True, progress=False, log=lambda s: None)
     assert (tmp_path / "out" / "report.md").exists()
     assert (tmp_path / "out" / "figures" / "theta_trajectories.png").exists()
-    assert len(res["runs"]) == 5 and all(r["units"] < 400 * 4 for r in res["runs"])
+    planned = default_plan(True)["runs"]
+    assert len(res["runs"]) == len(planned)
+    assert all(r["units"] < 400 * factor for r, (factor, _) in zip(res["runs"], planned))
 
 
 def test_input_feature_gates_follow_shrinking_and_finalize(tiny_cnn):
