@@ -1,15 +1,19 @@
 """Per-epoch wall time of masked training: dense vs prunelab's MaskEnforcer vs
 torch.nn.utils.prune hooks, LeNet-300-100 on synthetic MNIST-shaped data.
 
-The three variants train side by side in one process: same initial weights, same batches,
-same optimizer settings (SGD, momentum 0.9, lr 0.05, batch 128). After a warm-up epoch each,
+The variants train side by side in one process: same initial weights, same batches, same
+optimizer settings (SGD, momentum 0.9, lr 0.05, batch 128), 90% sparse masks for the masked
+ones. Besides the three compared, two breakdown variants (MaskEnforcer with only its gradient
+hook, or only its re-zero hook, each timed from inside) show where the masked overhead goes
+(skip them with --no-breakdown). After a warm-up epoch each,
 they are interleaved over several rounds (the order rotates every round so none always runs
 first or last) and the median epoch time of each is reported with the ratios
 
     masked / dense          target <= 1.05   (masking costs at most 5%)
     torch_prune / masked    target >  1      (prunelab is faster than torch's prune hooks)
 
-Run: .venv/bin/python benchmarks/masked_training_overhead.py [--rounds 25] [--batches 60] [--quick]
+Run: .venv/bin/python benchmarks/masked_training_overhead.py [--rounds 25] [--batches 60]
+     [--threads N] [--quick]
 Writes benchmarks/results/masked_training_overhead.json.
 """
 
@@ -41,7 +45,7 @@ MOMENTUM = 0.9
 SPARSITY = 0.9
 MASKED_TARGET = 1.05  # masked / dense must be <= this
 VARIANTS = ("dense", "masked", "torch_prune")
-# Attribution of the masked overhead (--breakdown, on by default): MaskEnforcer with only one
+# Attribution of the masked overhead (on unless --no-breakdown): MaskEnforcer with only one
 # of its two optimizer hooks, to see what each pass over the weights costs.
 BREAKDOWN = ("masked_grad_only", "masked_zero_only")
 
@@ -200,7 +204,7 @@ def run(rounds: int, n_batches: int, warmup: int, seed: int, breakdown: bool = T
         m.numel() for m in masks.values())
     return {
         "benchmark": NAME,
-        "command": "python benchmarks/masked_training_overhead.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/masked_training_overhead.py", *sys.argv[1:]]),
         "machine": machine_info(),
         "setup": {
             "model": "lenet-300-100",

@@ -9,6 +9,12 @@ Enforcement (`MaskEnforcer`) keeps pruned weights exactly zero through any `torc
 optimizer: gradients are masked before each step and weights re-zeroed after it (optimizer
 step hooks), and optimizer state (momentum, Adam moments) is cleared at newly pruned entries,
 so momentum, Adam state or weight decay can never revive a pruned weight.
+
+For plain SGD, Adam and AdamW the re-zeroing is skipped by default: with a zero weight, a
+zero (masked) gradient and zero state, every term of their updates is exactly zero (momentum,
+coupled or decoupled weight decay, m / (sqrt(v) + eps)), so the weight stays exactly zero and
+the extra pass over the weights (about half the masking cost) buys nothing. Any other
+optimizer, including subclasses of these, keeps the re-zeroing; `rezero=True` forces it.
 """
 
 from __future__ import annotations
@@ -88,6 +94,12 @@ def mask_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
     return 1.0 - kept / total if total else 0.0
 
 
+# Exact classes whose update is exactly zero for a zero weight with zero gradient and state.
+ZERO_PRESERVING_OPTIMIZERS: tuple[type, ...] = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW,
+)
+
+
 class MaskEnforcer:
     """Keeps masked weights exactly zero through training with any torch.optim optimizer.
 
@@ -113,10 +125,17 @@ class MaskEnforcer:
         # Float copies so enforcement is one in-place multiply per tensor.
         self._factors = {n: m.to(self._params[n].dtype) for n, m in self.masks.items()}
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> MaskEnforcer:
-        """Hook into `optimizer` so each step masks gradients and re-zeroes weights."""
+    def attach(
+        self, optimizer: torch.optim.Optimizer, *, rezero: bool | None = None
+    ) -> MaskEnforcer:
+        """Hook into `optimizer` so each step masks gradients and (unless the optimizer is one
+        that provably keeps zeros, see the module docstring) re-zeroes weights after it."""
+        if rezero is None:
+            rezero = type(optimizer) not in ZERO_PRESERVING_OPTIMIZERS
+        clear_optimizer_state(optimizer, self._params, self.masks)
         self._handles.append(optimizer.register_step_pre_hook(lambda *_: self.mask_gradients()))
-        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.enforce()))
+        if rezero:
+            self._handles.append(optimizer.register_step_post_hook(lambda *_: self.enforce()))
         self._optimizers.append(optimizer)
         return self
 

@@ -298,11 +298,12 @@ def run(
 ) -> TrainResult:
     """Train one run config end to end. With `out_dir`, everything is written to a staging
     directory renamed into place only on success, ending with results.json."""
-    if data is None or method is None:
-        loaded_data, model, built_method = prepare(cfg)
-        data = data or loaded_data
+    if data is None:
+        data, model, built_method = prepare(cfg)
         method = method or built_method
     else:
+        cfg.train.validate()
+        method = method or build_method(cfg.method, **cfg.method_options)
         torch.manual_seed(init_seed(cfg))
         model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
     if initial_state is not None:
