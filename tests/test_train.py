@@ -228,3 +228,14 @@ def test_a_physically_shrunk_run_reloads(tmp_path):
     data = load_dataset("xor", n_irrelevant=4, n_train=400, n_test=400, seed=3)
     assert evaluate(loaded.model, data.x_test, data.y_test)["accuracy"] == \
         res.final["test_accuracy"]
+
+
+def test_torch_threads_is_restored_even_on_error():
+    from prunelab.threads import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with torch_threads(before + 1):
+            assert torch.get_num_threads() == before + 1
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

@@ -449,15 +449,12 @@ def available_cores() -> int:
 
 
 def _run_serial(cells: list[Cell], out: Path, threads: int, on_start, on_done: Done) -> None:
-    import torch
+    from prunelab.threads import torch_threads
 
-    before = torch.get_num_threads()
-    try:
+    with torch_threads(threads):
         for c in cells:
             on_start(c)
             on_done(c, execute_cell(c.config.to_dict(), str(c.run_dir(out)), threads))
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run_pool(cells: list[Cell], out: Path, workers: int, threads: int, on_start,

@@ -40,6 +40,7 @@ from prunelab.landscape.census import CensusConfig, run_census
 from prunelab.methods import build_method
 from prunelab.report import aggregate, markdown_table, new_figure, save_figure, text_table
 from prunelab.retrain import retrain_from
+from prunelab.threads import torch_threads
 from prunelab.train import run as train_run
 
 REAL_SETS = ("madelon-like", "madelon", "colon", "leukemia")
@@ -293,12 +294,8 @@ def run(
     """Run the reproduction and write report.md, results.json and figures/ into `out`.
     Runs single-threaded (restored after): these tiny models only lose time to intra-op
     threads on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run(Path(out), quick, progress, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: Path, quick: bool, progress: bool | None, log: Callable[[str], None]

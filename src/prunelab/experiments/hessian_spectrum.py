@@ -29,6 +29,7 @@ from prunelab.errors import DataError
 from prunelab.landscape import spectrum as S
 from prunelab.landscape.hessian import HessianOperator
 from prunelab.report import markdown_table, new_figure, save_figure
+from prunelab.threads import torch_threads
 
 KS = (2, 3, 5, 10)
 WIDTHS = (10, 5)
@@ -270,8 +271,14 @@ def part_mnist(widths: tuple[int, ...], steps: int, top_k: int, seed: int, log) 
 
 def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run all parts and write report.md, results.json and figures/ into `out` atomically."""
-    torch.set_num_threads(1)  # tiny models: extra threads only spin-wait on a busy machine
+    """Run all parts and write report.md, results.json and figures/ into `out` atomically
+    (single-threaded, restored after: tiny models only lose time to intra-op threads)."""
+    with torch_threads(1):
+        return _run(out, quick, progress, log)
+
+
+def _run(out: Path, quick: bool, progress: bool | None,
+         log: Callable[[str], None]) -> dict[str, Any]:
     seed = 0
     max_steps = 1500 if quick else 40000
     start = time.perf_counter()

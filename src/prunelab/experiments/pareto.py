@@ -46,6 +46,7 @@ from prunelab.multiobjective.pareto import (
 )
 from prunelab.multiobjective.smgd import SMGDConfig, train_smgd
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
+from prunelab.threads import torch_threads
 from prunelab.train import evaluate
 
 REFERENCE = {"test_accuracy": 0.989, "nonzero_per_layer": [2107, 300, 170], "dense_weights": 58920}
@@ -104,12 +105,8 @@ def run(
     """Run the reproduction; write report.md, results.json and figures/ into `out` atomically.
     Runs single-threaded (restored after): LeNet-5 at batch 32 only loses time to intra-op
     threads on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run(Path(out), quick, progress, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: Path, quick: bool, progress: bool | None, log: Callable[[str], None]
