@@ -17,7 +17,7 @@ from prunelab.errors import ConfigError
 from prunelab.masks import Masks
 from prunelab.methods import FixedMask
 from prunelab.runs import load_run
-from prunelab.train import TrainResult, run
+from prunelab.train import TrainResult, load_data, run
 
 SCRATCH_SEED_OFFSET = 1000
 
@@ -80,9 +80,7 @@ def retrain_from(
     method = FixedMask(masks_in={k: v.clone() for k, v in masks.items()},
                        masks_path=new.method_options.get("masks_path"))
     if data is None:
-        from prunelab.train import prepare
-
-        data, _, _ = prepare(RunConfig(**{**new.__dict__, "method": "dense", "method_options": {}}))
+        data = load_data(new)
     return run(new, out_dir, progress=progress, data=data, method=method, initial_state=state,
                extra_results={"retrain": {"init": init}, **(extra_results or {})})
 

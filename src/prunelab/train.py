@@ -261,9 +261,7 @@ class Trainer:
         if result.masks is not None:
             save_masks(out / "masks.pt", result.masks)
         atomic.save_torch(out / "method_state.pt", self.method.state_dict())
-        write_extra = getattr(self.method, "write_outputs", None)
-        if callable(write_extra):  # e.g. the units method's shrunk model
-            write_extra(out)
+        self.method.write_outputs(out)
         atomic.write_json(out / "sparsity.json", result.sparsity)
 
 
@@ -275,11 +273,16 @@ def init_seed(cfg: RunConfig) -> int:
     return cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
 
 
+def load_data(cfg: RunConfig) -> Dataset:
+    """The dataset of a run config (its seed fixes the split)."""
+    return load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.train.seed,
+                        **cfg.data_options)
+
+
 def prepare(cfg: RunConfig) -> tuple[Dataset, nn.Module, PruningMethod]:
     """Load the data, build the model (seeded init) and the method for a run config."""
     cfg.train.validate()
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.train.seed,
-                        **cfg.data_options)
+    data = load_data(cfg)
     method = build_method(cfg.method, **cfg.method_options)
     torch.manual_seed(init_seed(cfg))
     model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)

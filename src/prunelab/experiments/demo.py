@@ -17,7 +17,7 @@ from prunelab import atomic
 from prunelab.config import RunConfig, TrainConfig
 from prunelab.report import aggregate, markdown_table, new_figure, save_figure, text_table
 from prunelab.retrain import retrain_from
-from prunelab.train import prepare, run
+from prunelab.train import load_data, run
 
 
 @dataclass
@@ -83,16 +83,15 @@ def run_demo(
             train = TrainConfig(**{**task.train.__dict__, "seed": seed})
             base = RunConfig(task.dataset, task.data_options, None, task.model,
                              task.model_options, "dense", {}, train)
-            data, _, _ = prepare(base)
-            dense = run(base, data=data, method=prepare(base)[2], progress=progress)
+            data = load_data(base)
+            dense = run(base, data=data, progress=progress)
             rows.append(_row(task, "dense", 0.0, seed, dense))
             log(f"{task.dataset} seed {seed}: dense test accuracy "
                 f"{dense.final['test_accuracy']:.4f}")
             for s in sparsities:
                 cfg = RunConfig(task.dataset, task.data_options, None, task.model,
                                 task.model_options, "gmp", {"sparsity": s, **task.gmp}, train)
-                _, _, method = prepare(cfg)
-                pruned = run(cfg, data=data, method=method, progress=progress)
+                pruned = run(cfg, data=data, progress=progress)
                 rows.append(_row(task, "pruned", s, seed, pruned))
                 for init, label in (("scratch", "scratch"), ("original", "lottery")):
                     r = retrain_from(cfg, pruned.masks, init,

@@ -10,6 +10,7 @@ dataclass fields, so a method serialises to and from its config.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,6 +66,9 @@ class PruningMethod:
     def metrics(self) -> dict[str, float]:
         """Numbers to log with each epoch (e.g. the current target sparsity)."""
         return {}
+
+    def write_outputs(self, out_dir: Path) -> None:
+        """Write method-specific files into a finished run directory (e.g. a shrunk model)."""
 
     def options(self) -> dict[str, Any]:
         return asdict(self)

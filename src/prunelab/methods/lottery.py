@@ -18,7 +18,7 @@ from prunelab.errors import ConfigError, check_range
 from prunelab.masks import prunable_parameters
 from prunelab.retrain import parse_init, retrain_from
 from prunelab.selection import select_masks
-from prunelab.train import TrainResult, prepare, run
+from prunelab.train import TrainResult, load_data, run
 
 
 @dataclass
@@ -55,12 +55,12 @@ def run_imp(
     dense_cfg.method, dense_cfg.method_options = "dense", {}
     if ckpt.startswith("step") and ckpt != "step0":
         dense_cfg.train.checkpoint_steps = sorted({*cfg.train.checkpoint_steps, int(ckpt[4:])})
-    data, _, _ = prepare(dense_cfg)
+    data = load_data(dense_cfg)
 
     def body(root: Path | None) -> list[TrainResult]:
         level_dir = (lambda i: root / f"level_{i}") if root is not None else (lambda i: None)
         results = [run(dense_cfg, level_dir(0), progress=progress, data=data,
-                       method=prepare(dense_cfg)[2], extra_results={"imp_level": 0})]
+                       extra_results={"imp_level": 0})]
         states = results[0].checkpoints
         if ckpt not in states:
             raise ConfigError(f"rewind point '{ckpt}' is beyond the training run")
