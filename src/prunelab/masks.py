@@ -33,6 +33,17 @@ UnitMasks = dict[str, torch.Tensor]
 
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.Conv1d)
 
+# The feed-forward chains that unit masks, the sparsity report and `prunelab.shrink` follow.
+CHAIN_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+CHAIN_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus,
+)
+CHAIN_PASSTHROUGH: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Identity)
+CHAIN_POOLS: tuple[type[nn.Module], ...] = (nn.MaxPool2d, nn.AvgPool2d)
+CHAIN_MODULES: tuple[type[nn.Module], ...] = (
+    CHAIN_LAYERS + CHAIN_ACTIVATIONS + CHAIN_PASSTHROUGH + CHAIN_POOLS + (nn.Flatten,)
+)
+
 
 def prunable_parameters(
     model: nn.Module, *, include_bias: bool = False, layer_types: tuple[type, ...] = PRUNABLE_LAYERS
@@ -196,10 +207,7 @@ def clear_optimizer_state(
 def layer_chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     """The Linear/Conv layers of a pure feed-forward chain (nested Sequentials of layers,
     activations, pooling, flatten, dropout), in order; None if the model is not such a chain."""
-    allowed = (
-        nn.Linear, nn.Conv2d, nn.Flatten, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.GELU,
-        nn.ELU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity,
-    )
+    allowed = CHAIN_MODULES
     chain: list[tuple[str, nn.Module]] = []
 
     def walk(mod: nn.Module, prefix: str) -> bool:

@@ -27,15 +27,22 @@ from torch import nn
 
 from prunelab import atomic
 from prunelab.errors import ConfigError, DataError, MaskError
-from prunelab.masks import UnitMasks, sparsity_report
-
-LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
-ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus,
+from prunelab.masks import (
+    CHAIN_ACTIVATIONS,
+    CHAIN_LAYERS,
+    CHAIN_MODULES,
+    CHAIN_PASSTHROUGH,
+    CHAIN_POOLS,
+    UnitMasks,
+    sparsity_report,
 )
-PASSTHROUGH: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Identity)
-POOLS: tuple[type[nn.Module], ...] = (nn.MaxPool2d, nn.AvgPool2d)
-SUPPORTED: tuple[type[nn.Module], ...] = LAYERS + ACTIVATIONS + PASSTHROUGH + POOLS + (nn.Flatten,)
+
+# One vocabulary of chain modules, shared with the sparsity report and unit masks.
+LAYERS = CHAIN_LAYERS
+ACTIVATIONS = CHAIN_ACTIVATIONS
+PASSTHROUGH = CHAIN_PASSTHROUGH
+POOLS = CHAIN_POOLS
+SUPPORTED = CHAIN_MODULES
 
 
 @dataclass
