@@ -261,7 +261,7 @@ def _counts(db: Path) -> dict[str, int]:
         return {}
 
 
-@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("workers", [1, 2])
 def test_resume_after_sigkill_runs_everything_exactly_once(tmp_path, workers):
     spec = tiny_spec(methods=["dense"], seeds=list(range(6)), sparsities=[])
     spec["tasks"][0]["data_options"]["n_train"] = 1500
@@ -316,11 +316,11 @@ def test_resume_after_sigkill_runs_everything_exactly_once(tmp_path, workers):
                                                                    for r in rows)
 
 
-@pytest.mark.slow  # spawns two workers that import torch: seconds idle, minutes on a busy box
-def test_process_pool_matches_in_process_results(tmp_path):
+@pytest.mark.parametrize("context", ["forkserver", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_process_pool_matches_in_process_results(tmp_path, context):
     spec = spec_from_dict(tiny_spec())
     serial = run_sweep(spec, tmp_path / "serial", workers=1)
-    pool = run_sweep(spec, tmp_path / "pool", workers=2, threads=1)
+    pool = run_sweep(spec, tmp_path / "pool", workers=2, threads=1, context=context)
     assert len(pool.executed) == 4
     a = {r["config_hash"]: r["test_accuracy"] for r in serial.rows}
     b = {r["config_hash"]: r["test_accuracy"] for r in pool.rows}
@@ -329,6 +329,11 @@ def test_process_pool_matches_in_process_results(tmp_path):
 
 
 # ----------------------------------------------------------------------------- ray
+
+
+def test_unknown_pool_context_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="context must be one of spawn, forkserver, fork"):
+        run_sweep(spec_from_dict(tiny_spec()), tmp_path, workers=2, context="threads")
 
 
 def test_unreachable_ray_address_fails_fast():

@@ -421,9 +421,22 @@ def execute_cell(config: dict[str, Any], run_dir: str, threads: int = 1) -> dict
             "machine": machine_info()}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - exists, owned by someone else (pid reused)
+        return False
+    return True
+
+
 def _watch_parent(parent: int) -> None:
+    # Under forkserver the worker's parent is the server (which exits when the sweep does),
+    # not the sweep: watch both the parent we started under and the sweep's pid.
+    start_parent = os.getppid()
     while True:
-        if os.getppid() != parent:
+        if os.getppid() != start_parent or not _alive(parent):
             os._exit(1)  # the sweep died: stop rather than finish a run nobody will record
         time.sleep(0.5)
 
@@ -438,6 +451,11 @@ def _worker_init(threads: int, parent: int) -> None:
 # ----------------------------------------------------------------------------- executors
 
 Done = Callable[[Cell, dict[str, Any]], None]
+
+
+POOL_CONTEXTS = ("spawn", "forkserver", "fork")
+WORKER_PRELOAD = ["torch", "prunelab.train", "prunelab.methods", "prunelab.methods.lottery",
+                  "prunelab.data", "prunelab.models"]
 
 
 def available_cores() -> int:
@@ -466,6 +484,10 @@ def _run_pool(cells: list[Cell], out: Path, workers: int, threads: int, on_start
 
     queue = list(cells)
     ctx = mp.get_context(context)
+    if context == "forkserver":
+        # The server imports these once; each worker is a cheap fork of it, instead of
+        # paying torch's and prunelab's imports per worker as spawn does.
+        ctx.set_forkserver_preload(WORKER_PRELOAD)
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
@@ -669,19 +691,22 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
-    context: str = "spawn",
+    context: str = "forkserver",
     ray_timeout: float = RAY_TIMEOUT,
 ) -> SweepResult:
     """Run (or resume) every cell of `spec` into `out` and record each in OUT/results.db.
 
     workers: parallel runs (default one per core; 1 runs in this process); threads: torch
-    threads per run (default cores // workers, at least 1)."""
+    threads per run (default cores // workers, at least 1); context: how the local pool
+    starts workers (forkserver by default: torch and prunelab are imported once in the
+    server and each worker is a fork of it; spawn imports them per worker; fork is cheapest
+    but unsafe once this process has used CUDA or a multi-threaded OpenMP pool)."""
     start = time.perf_counter()
     executor = executor or spec.executor
     if executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}; got '{executor}'")
-    if context not in ("spawn", "forkserver"):
-        raise ConfigError(f"context must be spawn or forkserver; got '{context}'")
+    if context not in POOL_CONTEXTS:
+        raise ConfigError(f"context must be one of {', '.join(POOL_CONTEXTS)}; got '{context}'")
     address = address or spec.ray_address
     check_range("ray_timeout", ray_timeout, 0.0, low_inclusive=False)
     workers = spec.workers if workers is None else workers
