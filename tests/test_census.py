@@ -115,6 +115,26 @@ def test_census_resumes_after_interruption(tmp_path):
         run_census(_tiny(irrelevant=[4], methods=["dense"], epochs=6), tmp_path / "c")
 
 
+def test_census_data_draws_reuse_draw_zero_and_average_log_counts(tmp_path):
+    cfg = _tiny(irrelevant=[4], restarts=4, chunk=4, methods=["dense"], epochs=5)
+    one = run_census(cfg, tmp_path / "c")
+    seen = []
+    two = run_census(_tiny(irrelevant=[4], restarts=4, chunk=4, methods=["dense"], epochs=5,
+                           data_draws=2), tmp_path / "c",
+                     trainer=lambda *a: seen.append(a[2]) or census_mod.train_chunk(*a))
+    assert len(seen) == 1  # draw 0 reused, only draw 1 trained
+    d0, d1 = census_mod.census_data(cfg, 4, 0), census_mod.census_data(cfg, 4, 1)
+    assert torch.equal(seen[0].x_train, d1[0].x_train)
+    assert not torch.equal(d0[0].x_train, d1[0].x_train) and not torch.equal(d0[1], d1[1])
+    s = two["settings"][0]
+    assert s["counts"][0] == one["settings"][0]["count"] and len(s["counts"]) == 2
+    assert s["count"] == pytest.approx(math.sqrt(s["counts"][0] * s["counts"][1]))
+    assert s["restarts"] == 8 and len(two["records"]["dense-irr4"]) == 8
+    assert (tmp_path / "c" / "dense-irr4-data1" / "chunk-0000.json").is_file()
+    with pytest.raises(PrunelabError, match="data_draws"):
+        run_census(_tiny(data_draws=0), tmp_path / "bad")
+
+
 def test_count_rule_and_fit():
     losses = [0.10, 0.101, 0.30, 0.10, 0.10]
     patterns = ["0000", "0000", "0000", "1111", "0001"]

@@ -16,8 +16,16 @@ a new cluster. The count is the number of clusters (at most R). The loss alone c
 apart the many near-zero-loss solutions a dense net reaches by fitting noise; the probe
 patterns can, and the loss keeps apart optima that predict alike but fit differently.
 
-**Fit**: least squares of log(count) against the irrelevant count, over the settings whose
-count is below R (saturated settings carry no slope information); slope, intercept, R^2.
+**Data draws** (`data_draws`, default 1): every irrelevant count gets its own random data set,
+so with one draw per count the curve mixes the effect of the irrelevant variables with the luck
+of each draw (how separable that particular sample is). With D draws, draw d uses data seed
+`data_seed + d` (R restarts each); a setting reports each draw's count and their geometric
+mean, and success rates and loss distributions pool the draws.
+
+**Fit**: least squares of log(count) against the irrelevant count (with several draws, of the
+mean over draws of log(count)), over the settings where no draw reached R (saturated settings
+carry no slope information); slope, intercept, R^2. With several draws `fit_log_count` on all
+(setting, draw) points is reported too (`fits_per_draw`).
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ class CensusConfig:
     n_test: int = 2000
     n_probe: int = 512
     data_seed: int = 0
+    data_draws: int = 1
     widths: list[int] = field(default_factory=lambda: [32])
     epochs: int = 60
     batch_size: int = 32
@@ -79,6 +88,7 @@ class CensusConfig:
             if m not in CENSUS_METHODS:
                 raise UnknownNameError("census method", m, CENSUS_METHODS)
         check_range("n_probe", self.n_probe, 1)
+        check_range("data_draws", self.data_draws, 1)
         check_range("loss_tol", self.loss_tol, 0.0)
         check_range("probe_tol", self.probe_tol, 0.0, 1.0)
         check_range("success_threshold", self.success_threshold, 0.0, 1.0)
@@ -99,16 +109,18 @@ class CensusConfig:
         tolerances or chunking)."""
         d = asdict(self)
         for k in ("restarts", "irrelevant", "methods", "loss_tol", "probe_tol",
-                  "success_threshold", "chunk"):
+                  "success_threshold", "chunk", "data_draws"):
             d.pop(k)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def census_data(cfg: CensusConfig, n_irrelevant: int) -> tuple[Dataset, torch.Tensor]:
-    """The shared training/test set of one setting and its probe inputs."""
+def census_data(cfg: CensusConfig, n_irrelevant: int, draw: int = 0
+                ) -> tuple[Dataset, torch.Tensor]:
+    """The shared training/test set of one setting (data draw `draw`) and its probe inputs."""
+    seed = cfg.data_seed + draw
     data = load_dataset("xor", n_relevant=cfg.n_relevant, n_irrelevant=n_irrelevant,
-                        n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
-    rng = np.random.default_rng(cfg.data_seed + 7919)
+                        n_train=cfg.n_train, n_test=cfg.n_test, seed=seed)
+    rng = np.random.default_rng(seed + 7919)
     probe = rng.uniform(-1.0, 1.0, size=(cfg.n_probe, cfg.n_relevant + n_irrelevant))
     return data, torch.as_tensor(probe, dtype=torch.float32)
 
@@ -179,7 +191,7 @@ def count_optima(
 
 
 def fit_log_count(
-    xs: Sequence[float], counts: Sequence[int], restarts: int
+    xs: Sequence[float], counts: Sequence[float], restarts: int
 ) -> dict[str, float | int | None]:
     """Least-squares line of log(count) against x over the points with count < restarts."""
     pts = [(float(x), math.log(c)) for x, c in zip(xs, counts) if 0 < c < restarts]
@@ -218,8 +230,28 @@ def summarize_setting(records: list[dict[str, Any]], cfg: CensusConfig) -> dict[
     }
 
 
-def _chunk_path(out: Path, method: str, p: int, c: int) -> Path:
-    return out / f"{method}-irr{p}" / f"chunk-{c:04d}.json"
+def _chunk_path(out: Path, method: str, p: int, c: int, draw: int = 0) -> Path:
+    return out / _setting_name(method, p, draw) / f"chunk-{c:04d}.json"
+
+
+def _setting_name(method: str, p: int, draw: int = 0) -> str:
+    # draw 0 keeps the single-draw name, so censuses run before draws existed are reused
+    return f"{method}-irr{p}" + (f"-data{draw}" if draw else "")
+
+
+def combine_draws(per_draw: list[dict[str, Any]], records: list[dict[str, Any]],
+                  cfg: CensusConfig) -> dict[str, Any]:
+    """One setting's summary over its data draws: pooled statistics, each draw's count and
+    their geometric mean as `count` (the count itself when there is one draw)."""
+    pooled = summarize_setting(records, cfg)
+    counts = [d["count"] for d in per_draw]
+    if len(per_draw) == 1:
+        return {**per_draw[0], "counts": counts}
+    pooled["count"] = float(math.exp(np.mean(np.log(counts))))
+    pooled["counts"] = counts
+    pooled["largest_cluster"] = max(d["largest_cluster"] for d in per_draw)
+    pooled["saturated"] = any(c >= cfg.restarts for c in counts)
+    return pooled
 
 
 def run_census(
@@ -247,33 +279,51 @@ def run_census(
     records: dict[str, list[dict[str, Any]]] = {}
     reused = trained = 0
     for p in cfg.irrelevant:
-        data, probe = census_data(cfg, p)
+        draws = [census_data(cfg, p, d) for d in range(cfg.data_draws)]
         for method in cfg.methods:
+            per_draw: list[dict[str, Any]] = []
             recs: list[dict[str, Any]] = []
-            for c, start in enumerate(range(0, cfg.restarts, cfg.chunk)):
-                rng = list(range(start, min(start + cfg.chunk, cfg.restarts)))
-                path = _chunk_path(out, method, p, c)
-                chunk = None
-                if path.exists():
-                    saved = json.loads(path.read_text())
-                    if saved.get("key") == cfg.key() and saved.get("restarts") == rng:
-                        chunk = saved["records"]
-                        reused += 1
-                if chunk is None:
-                    chunk = trainer(cfg, method, data, probe, rng)
-                    atomic.write_json(path, {"key": cfg.key(), "restarts": rng, "records": chunk})
-                    trained += 1
-                recs.extend(chunk)
-            summary = summarize_setting(recs, cfg)
+            for d, (data, probe) in enumerate(draws):
+                draw_recs: list[dict[str, Any]] = []
+                for c, start in enumerate(range(0, cfg.restarts, cfg.chunk)):
+                    rng = list(range(start, min(start + cfg.chunk, cfg.restarts)))
+                    path = _chunk_path(out, method, p, c, d)
+                    chunk = None
+                    if path.exists():
+                        saved = json.loads(path.read_text())
+                        if saved.get("key") == cfg.key() and saved.get("restarts") == rng:
+                            chunk = saved["records"]
+                            reused += 1
+                    if chunk is None:
+                        chunk = trainer(cfg, method, data, probe, rng)
+                        atomic.write_json(path, {"key": cfg.key(), "restarts": rng,
+                                                 "records": chunk})
+                        trained += 1
+                    draw_recs.extend(chunk)
+                per_draw.append(summarize_setting(draw_recs, cfg))
+                recs.extend(draw_recs)
+            summary = combine_draws(per_draw, recs, cfg)
             summary.update(method=method, irrelevant=p)
             settings.append(summary)
             records[f"{method}-irr{p}"] = recs
-            log(f"census {method} irrelevant={p}: {summary['count']} optima in "
-                f"{len(recs)} restarts, success {summary['success_rate']:.2f}")
-    fits = {m: fit_log_count([s["irrelevant"] for s in settings if s["method"] == m],
-                             [s["count"] for s in settings if s["method"] == m], cfg.restarts)
-            for m in cfg.methods}
+            counts = "/".join(str(c) for c in summary["counts"])
+            log(f"census {method} irrelevant={p}: {counts} optima in {cfg.restarts} restarts"
+                f"{' per data draw' if cfg.data_draws > 1 else ''}, success "
+                f"{summary['success_rate']:.2f}")
+    fits = {}
+    fits_per_draw = {}
+    for m in cfg.methods:
+        mine = [s for s in settings if s["method"] == m]
+        usable = [s for s in mine if max(s["counts"]) < cfg.restarts]
+        fits[m] = fit_log_count([s["irrelevant"] for s in usable],
+                                [s["count"] for s in usable], cfg.restarts)
+        if cfg.data_draws > 1:
+            fits_per_draw[m] = fit_log_count([s["irrelevant"] for s in usable
+                                              for _ in s["counts"]],
+                                             [c for s in usable for c in s["counts"]],
+                                             cfg.restarts)
     result = {"config": asdict(cfg), "settings": settings, "fits": fits,
+              "fits_per_draw": fits_per_draw,
               "chunks_reused": reused, "chunks_trained": trained}
     atomic.write_json(out / "summary.json", result)
     result["records"] = records
