@@ -4,6 +4,7 @@ a physically smaller model at the end, and clear errors."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -213,3 +214,71 @@ def test_reproduce_dead_units_tiny(tmp_path, monkeypatch):
         it = e["iterative"]
         assert it["rounds"][0]["params"] == it["dense_params"]
         assert all(r["params"] < it["dense_params"] for r in it["rounds"][1:])
+        for r in it["rounds"][1:]:  # accepted iff the validation drop + 1 se is within 0.5 pt
+            assert r["within_band"] == (it["dense_val_accuracy"] - r["val_accuracy"]
+                                        + r["val_se"] <= dead_units.BAND)
+        assert it["rounds"][0]["test_accuracy"] == it["dense_test_accuracy"]
+        assert it["test_drop_points"] == pytest.approx(
+            100 * (it["dense_test_accuracy"] - it["chosen"]["test_accuracy"]))
+
+
+def test_paired_se_counts_only_disagreements():
+    from prunelab.experiments.dead_units import paired_se
+
+    a = torch.tensor([True, True, False, False])
+    b = torch.tensor([True, False, True, False])
+    assert paired_se(a, b) == pytest.approx((0.5 / 4) ** 0.5)  # d = 0, 1, -1, 0
+    assert paired_se(a, a) == 0.0
+    same = torch.ones(1000, dtype=torch.bool)
+    worse = same.clone()
+    worse[:10] = False  # 1% disagreement, all one way: var = 0.01 - 0.01**2
+    assert paired_se(same, worse) == pytest.approx((0.0099 / 1000) ** 0.5)
+
+
+def test_final_finetune_decays_lr_and_leaves_inputs_alone():
+    from prunelab.experiments import dead_units
+
+    data = load_dataset("xor", seed=0, n_irrelevant=2, n_train=200, n_test=100)
+    model = build_model("mlp", data.input_shape, data.num_classes, widths=[8])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = copy.deepcopy(model.state_dict())
+    s = dead_units.Settings(n_train=None, n_test=None, n_val=50, dense_epochs=1,
+                            finetune_epochs=1, max_rounds=1, round_fraction=0.5,
+                            score_samples=50, fractions=(0.5,), sparsities=(0.5,),
+                            final_epochs=2, batch_size=32, lr=1e-2)
+    train, valid = dead_units._split(data, s.n_val, 0)
+    out = dead_units.final_finetune(model, opt, train, valid, data, s)
+    assert set(out) == {"val_correct", "val_accuracy", "val_before_final", "test_accuracy"}
+    assert out["val_correct"].shape == (50,)
+    assert out["val_accuracy"] == pytest.approx(float(out["val_correct"].double().mean()))
+    assert out["val_before_final"] == evaluate(model, valid.x_test, valid.y_test)["accuracy"]
+    assert out["val_accuracy"] != out["val_before_final"]  # 2 epochs at lr 1e-2 move a fresh net
+    for k, v in model.state_dict().items():  # a trained copy, not the input
+        torch.testing.assert_close(v, before[k])
+    assert opt.param_groups[0]["lr"] == 1e-2 and not opt.state
+    again = dead_units.final_finetune(model, opt, train, valid, data, s)  # same data order
+    assert torch.equal(again["val_correct"], out["val_correct"])
+    assert again["test_accuracy"] == out["test_accuracy"]
+    net, o = copy.deepcopy((model, opt))
+    dead_units._fit(net, o, train, 2, s, torch.Generator().manual_seed(0), decay=True)
+    steps = 2 * -(-train.n_train // s.batch_size)
+    last = s.lr * 0.5 * (1 + math.cos(math.pi * (steps - 1) / steps))  # cosine, last step
+    assert o.param_groups[0]["lr"] == pytest.approx(last) and last < 0.05 * s.lr
+
+
+@pytest.mark.parametrize("chosen_test, held", [(0.9862, True), (0.9861, False)])
+def test_size_claim_boundary_is_exact(chosen_test, held):
+    """A drop of exactly 50 of 10,000 test images is within 0.5 points (no float error)."""
+    from prunelab.experiments.dead_units import claims
+
+    units = [{"fraction": 0.5, "score": sc, "mean_replacement": 0.1, "removal": 0.2}
+             for sc in ("mrs", "norm", "random")]
+    params = [{"sparsity": 0.5, "score": sc, "loss_increase": v}
+              for sc, v in (("taylor1", 0.3), ("taylor1-abs", 0.1))]
+    it = {"param_ratio": 6.5, "dense_params": 20522, "chosen": {"params": 3158,
+          "test_accuracy": chosen_test}, "dense_test_accuracy": 0.9912,
+          "test_drop_points": 100 * (0.9912 - chosen_test), "test_drop_vs_dense_points": 0.2}
+    out = claims({"m": {"units": {"rows": units}, "params": {"rows": params},
+                        "iterative": it}})
+    size = [c for c in out if c["claim"].startswith(">= 5x")]
+    assert len(size) == 1 and size[0]["held"] is held
