@@ -149,6 +149,57 @@ def test_without_mask_weights_may_regrow():
     assert torch.any(model[1].weight[:, :32] != 0)
 
 
+class _Recorder(BiobjectiveTraining):
+    """Records, per step, the l1 set's zero pattern and whether the penalty had an l1 term."""
+
+    def penalty(self, model):  # no conv layers and conv_l2=0: any penalty is the l1 term
+        out = super().penalty(model)
+        self.l1_terms.append(out is not None)
+        return out
+
+    def after_step(self, step):
+        super().after_step(step)
+        self.zeros.append({n: (p.detach() == 0).clone() for n, p in self.l1_set.items()})
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 20), torch.nn.ReLU(),
+                               torch.nn.Linear(20, 3))
+
+
+def test_finetune_phase_keeps_exactly_the_zeros_and_drops_l1():
+    model = _mlp()
+    method = _Recorder(weight=0.99, tau=2e-2, conv_l2=0.0, finetune_epochs=2)
+    method.l1_terms, method.zeros = [], []
+    data = _images()
+    cfg = TrainConfig(epochs=5, batch_size=8, optimizer="adam", lr=1e-2, eval_train=False)
+    result = Trainer(model, data, cfg, method).fit()
+    steps = len(method.zeros)
+    switch = 3 * (steps // 5)  # steps of the 3 weighted-sum epochs
+    assert method.l1_terms == [True] * switch + [False] * (steps - switch)
+    frozen = method.zeros[switch - 1]
+    assert sum(int(z.sum()) for z in frozen.values()) > 0  # the l1 phase pruned something
+    for zeros in method.zeros[switch:]:  # the same zeros, no more and no fewer
+        for name, z in zeros.items():
+            assert torch.equal(z, frozen[name])
+    assert result.masks is not None
+    for name, m in result.masks.items():
+        assert torch.equal(m, ~frozen[name])
+    # Without the l1 pull, small weights are no longer thresholded: some survive below tau.
+    params = dict(model.named_parameters())
+    small = [(params[n].detach().abs() <= 2e-2) & (params[n].detach() != 0) for n in frozen]
+    assert any(bool(s.any()) for s in small)
+
+
+def test_finetune_epochs_must_leave_a_weighted_sum_epoch():
+    with pytest.raises(ConfigError, match="finetune_epochs"):
+        BiobjectiveTraining(finetune_epochs=-1)
+    cfg = TrainConfig(epochs=2, batch_size=8, optimizer="adam", lr=1e-2, eval_train=False)
+    with pytest.raises(ConfigError, match=r"finetune_epochs must be < the run's epochs \(2\)"):
+        Trainer(_mlp(), _images(), cfg, BiobjectiveTraining(finetune_epochs=2)).fit()
+
+
 @pytest.mark.parametrize(
     ("options", "needle"),
     [({"weight": 1.5}, r"weight must be in \[0, 1\]"),

@@ -251,6 +251,8 @@ def test_reproduction_without_mnist_is_a_one_line_error(tmp_path, monkeypatch, c
     quick, full = settings(True), settings(False)
     assert full.budget <= 20 and full.full_epochs == 30 and full.batch_size == 32
     assert quick.budget <= full.budget and quick.n_train is not None
+    for s in (quick, full):  # the knee retrain ends with a fine-tune inside its budget
+        assert 0 < s.finetune_epochs < s.full_epochs
 
 
 @pytest.mark.slow
@@ -268,6 +270,8 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     assert saved["search"]["runs"] <= 20 and saved["search"]["knee"] is not None
     knee = results["knee"]["retrained"]
     assert 0.0 < knee["pruned_fraction"] < 1.0 and knee["test_accuracy"] > 0.5
+    assert saved["settings"]["finetune_epochs"] == 1
+    assert "fine-tune" in (out / "report.md").read_text()
     assert set(results["claims"]) >= {"knee_pruned_and_accurate", "knee_within_budget"}
 
 
@@ -300,6 +304,34 @@ def test_weighted_sum_runner_trains_and_caches():
     assert b.extra.get("cached") and (b.f1, b.f2) == (a.f1, a.f2) and b is not a
     b.index = 7
     assert runner(0.99).index != 7
+
+
+def test_runner_finetune_keeps_the_zeros_and_records_the_phase_before():
+    from prunelab.config import TrainConfig
+    from prunelab.multiobjective.knee import WeightedSumRunner
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 6, 6, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    data = validation_split(Dataset("toy", x, y, x[:5], y[:5], 2), 20, seed=0)
+
+    def model_fn():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 8), torch.nn.ReLU(),
+                                   torch.nn.Linear(8, 2))
+
+    cfg = TrainConfig(epochs=2, batch_size=10, optimizer="adam", lr=1e-2, eval_train=False)
+    opts = {"tau": 2e-2, "conv_l2": 0.0}
+    plain = WeightedSumRunner(model_fn, data, cfg, opts)(0.99)
+    tune = TrainConfig(epochs=2, batch_size=10, optimizer="adam", lr=1e-2, eval_train=False,
+                       lr_schedule="cosine")
+    tuned = WeightedSumRunner(model_fn, data, cfg, opts, finetune=tune)(0.99)
+    assert "before_finetune" not in plain.extra
+    assert tuned.extra["before_finetune"]["nonzero"] == plain.extra["nonzero"] > 0
+    assert tuned.extra["before_finetune"]["val_accuracy"] == plain.extra["val_accuracy"]
+    for name in ("1.weight", "3.weight"):  # exactly the same zeros, the weights moved
+        a, b = plain.state[name], tuned.state[name]
+        assert torch.equal(a == 0, b == 0) and not torch.equal(a, b)
 
 
 def test_resolution_leaves_nearly_flat_pairs_unsplit():

@@ -24,6 +24,12 @@ set with |w| <= tau are set to exactly zero (the paper's rule; such weights may 
 the next step). With `persistent_mask=True` a pruned weight stays pruned for good: the method
 keeps a mask enforced through `prunelab.masks.MaskEnforcer` (gradients masked, optimizer state
 cleared at pruned entries).
+
+Fine-tune phase (`finetune_epochs=K`, default 0: off): the last K epochs of the run recover
+accuracy on the sparse solution. At the end of epoch `epochs - K` the current zeros of the l1
+set become a persistent mask, the l1 term is dropped (the loss is CE + the conv L2 term only),
+threshold pruning stops and the optimizer's moments are reset (they hold the l1 gradient). The
+zero pattern, hence the nonzero count reached by the weighted sum, is kept exactly.
 """
 
 from __future__ import annotations
@@ -133,6 +139,7 @@ class BiobjectiveTraining(PruningMethod):
     l1_params: list[str] = field(default_factory=lambda: ["Linear"])
     conv_l2: float = 5e-4
     persistent_mask: bool = False
+    finetune_epochs: int = 0
 
     name = "biobjective"
 
@@ -141,6 +148,7 @@ class BiobjectiveTraining(PruningMethod):
         self.ratio = weight_ratio(self.weight)
         check_range("tau", float(self.tau), 0.0)
         check_range("conv_l2", float(self.conv_l2), 0.0)
+        check_range("finetune_epochs", int(self.finetune_epochs), 0)
         if isinstance(self.l1_params, str):
             self.l1_params = [self.l1_params]
         if not self.l1_params:
@@ -150,11 +158,29 @@ class BiobjectiveTraining(PruningMethod):
         super().attach(ctx)
         self._l1 = l1_parameters(ctx.model, self.l1_params)
         self._l2 = conv_kernels(ctx.model, exclude=tuple(self._l1))
+        if self.finetune_epochs and self.finetune_epochs >= ctx.epochs:
+            raise ConfigError(
+                f"finetune_epochs must be < the run's epochs ({ctx.epochs}) so that at least "
+                f"one epoch trains the weighted sum; got {self.finetune_epochs}"
+            )
         self.enforcer: MaskEnforcer | None = None
+        self.finetuning = False
         self._prune()
         if self.persistent_mask:
-            masks = {n: p.detach() != 0 for n, p in self._l1.items()}
-            self.enforcer = MaskEnforcer(ctx.model, masks).attach(ctx.optimizer)
+            self._freeze_mask()
+
+    def _freeze_mask(self) -> None:
+        masks = {n: p.detach() != 0 for n, p in self._l1.items()}
+        if self.enforcer is None:
+            self.enforcer = MaskEnforcer(self.ctx.model, masks).attach(self.ctx.optimizer)
+        else:
+            self.enforcer.update(masks)
+
+    def start_finetune(self) -> None:
+        """Switch to the fine-tune phase: freeze the l1 set's zeros, drop l1, stop pruning."""
+        self._freeze_mask()
+        self.ctx.optimizer.state.clear()
+        self.finetuning = True
 
     def _prune(self) -> None:
         prune_small_(self._l1, self.tau, count=False)
@@ -165,7 +191,7 @@ class BiobjectiveTraining(PruningMethod):
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         total = None
-        if self.ratio > 0.0:
+        if self.ratio > 0.0 and not self.finetuning:
             total = self.ratio * l1_norm(self._l1)
         if self.conv_l2 > 0.0:
             l2 = l2_half(self._l2)
@@ -174,7 +200,12 @@ class BiobjectiveTraining(PruningMethod):
         return total
 
     def after_step(self, step: int) -> None:
-        self._prune()
+        if not self.finetuning:
+            self._prune()
+
+    def after_epoch(self, epoch: int) -> None:
+        if self.finetune_epochs and epoch == self.ctx.epochs - self.finetune_epochs:
+            self.start_finetune()
 
     @property
     def l1_set(self) -> dict[str, nn.Parameter]:

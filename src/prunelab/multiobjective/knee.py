@@ -23,6 +23,12 @@ range-normalised objective space.
 
 Selection uses validation data only (`validation_split` carves it from the training set, seeded);
 the test set is for reporting the final, retrained knee.
+
+Fine-tune (`WeightedSumRunner(finetune=TrainConfig(...))`, `finetune_sparse`): after the
+weighted-sum training, a second phase with its own learning-rate schedule trains the solution on
+CE (+ the conv L2 term) only, its l1-set zeros frozen as a persistent mask: the nonzero count
+stays exactly that of the weighted-sum solution while the accuracy recovers (the final retrain
+of the knee uses it; the short runs of the searches do not).
 """
 
 from __future__ import annotations
@@ -258,11 +264,28 @@ def dense_nonzero(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
     return {n: int(params[n].detach().ne(0).sum()) for n in names}
 
 
+def finetune_sparse(
+    model: nn.Module,
+    train: Dataset,
+    config: TrainConfig,
+    method_options: dict[str, Any] | None = None,
+    progress: bool | None = False,
+) -> Any:
+    """Fine-tune a weighted-sum solution in place on CE (+ conv L2) with the l1 set's current
+    zeros frozen (persistent mask, no l1 term, no thresholding); returns the TrainResult."""
+    from prunelab.train import Trainer
+
+    keep = {k: v for k, v in (method_options or {}).items() if k in ("l1_params", "conv_l2")}
+    method = BiobjectiveTraining(weight=1.0, tau=0.0, persistent_mask=True, **keep)
+    return Trainer(model, train, config, method, progress=progress).fit()
+
+
 @dataclass
 class WeightedSumRunner:
     """`evaluate(lambda)` for the searches: build a fresh model (`model_fn`, seeded inside),
     train it with `BiobjectiveTraining(weight=lambda, **method_options)` on `train` (whose
-    test tensors are the validation split) and measure the validation objectives."""
+    test tensors are the validation split), then, with `finetune` set, fine-tune it with
+    `finetune_sparse` for that config, and measure the validation objectives."""
 
     model_fn: Callable[[], nn.Module]
     train: Dataset
@@ -270,6 +293,7 @@ class WeightedSumRunner:
     method_options: dict[str, Any] = field(default_factory=dict)
     progress: bool | None = False
     keep_state: bool = True
+    finetune: TrainConfig | None = None
     cache: dict[float, FrontPoint] = field(default_factory=dict, repr=False)
 
     def __call__(self, weight: float) -> FrontPoint:
@@ -288,6 +312,16 @@ class WeightedSumRunner:
         method = BiobjectiveTraining(weight=weight, **self.method_options)
         model = self.model_fn()
         result = Trainer(model, self.train, self.config, method, progress=self.progress).fit()
+        seconds = result.final["train_seconds"]
+        extra: dict[str, Any] = {}
+        if self.finetune is not None:
+            before = evaluate(model, self.train.x_test, self.train.y_test)
+            extra["before_finetune"] = {
+                "val_accuracy": before["accuracy"], "val_ce": before["loss"],
+                "nonzero": sum(dense_nonzero(model, list(method.l1_set)).values())}
+            result = finetune_sparse(model, self.train, self.finetune, self.method_options,
+                                     self.progress)
+            seconds += result.final["train_seconds"]
         val = evaluate(model, self.train.x_test, self.train.y_test)
         l1_set = method.l1_set
         with torch.no_grad():
@@ -295,12 +329,13 @@ class WeightedSumRunner:
         nz = dense_nonzero(model, list(l1_set))
         total = sum(p.numel() for p in l1_set.values())
         extra = {
+            **extra,
             "val_accuracy": val["accuracy"],
             "nonzero": sum(nz.values()),
             "l1_set_size": total,
             "pruned_fraction": 1.0 - sum(nz.values()) / max(total, 1),
             "nonzero_per_layer": nz,
-            "train_seconds": result.final["train_seconds"],
+            "train_seconds": seconds,
         }
         state = result.final_state if self.keep_state else None
         return FrontPoint(weight, val["loss"], l1, extra, state=state)
