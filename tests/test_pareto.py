@@ -275,14 +275,18 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     assert set(results["claims"]) >= {"knee_pruned_and_accurate", "knee_within_budget"}
 
 
+def _toy_validation_data() -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 6, 6, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    return validation_split(Dataset("toy", x, y, x[:5], y[:5], 2), 20, seed=0)
+
+
 def test_weighted_sum_runner_trains_and_caches():
     from prunelab.config import TrainConfig
     from prunelab.multiobjective.knee import WeightedSumRunner
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(60, 1, 6, 6, generator=g)
-    y = (x.mean(dim=(1, 2, 3)) > 0).long()
-    data = validation_split(Dataset("toy", x, y, x[:5], y[:5], 2), 20, seed=0)
+    data = _toy_validation_data()
 
     def model_fn():
         torch.manual_seed(0)
@@ -310,10 +314,7 @@ def test_runner_finetune_keeps_the_zeros_and_records_the_phase_before():
     from prunelab.config import TrainConfig
     from prunelab.multiobjective.knee import WeightedSumRunner
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(60, 1, 6, 6, generator=g)
-    y = (x.mean(dim=(1, 2, 3)) > 0).long()
-    data = validation_split(Dataset("toy", x, y, x[:5], y[:5], 2), 20, seed=0)
+    data = _toy_validation_data()
 
     def model_fn():
         torch.manual_seed(0)
