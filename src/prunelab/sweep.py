@@ -483,6 +483,8 @@ def _run_pool(cells: list[Cell], out: Path, workers: int, threads: int, on_start
     from concurrent.futures.process import BrokenProcessPool
 
     queue = list(cells)
+    if context not in mp.get_all_start_methods():  # e.g. forkserver/fork on Windows
+        context = "spawn"
     ctx = mp.get_context(context)
     if context == "forkserver":
         # The server imports these once; each worker is a cheap fork of it, instead of
