@@ -379,3 +379,60 @@ def test_shrinking_is_batched_every_k_steps(tiny_mlp):
     assert method.ctx.model is first
     method.after_step(3)
     assert method.ctx.model is not first and method.ctx.model[1].out_features == 7
+
+
+def test_theta_is_frozen_during_the_warmup_and_moves_after():
+    model = tiny_net()
+    # 5 epochs x 10 steps = 50 steps; warmup 0.2 freezes theta for steps 1..10
+    method = attached(model, theta_init=0.5, shrink=False, lr_theta=0.1, warmup=0.2)
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    start = {n: t.detach().clone() for n, t in method.gates.theta.items()}
+
+    def one_step(step: int) -> torch.Tensor:
+        method.step = step - 1
+        pen = method.penalty(model)
+        (method.batch_loss(model, x, y, F.cross_entropy) + pen).backward()
+        method.after_step(step)
+        return pen
+
+    for step in range(1, 11):
+        one_step(step)
+        assert all(torch.equal(t.detach(), start[n]) for n, t in method.gates.theta.items())
+        assert all(t.grad is None for t in method.gates.theta.values())
+    assert method.gate_cost_factor(9) == 0.0 and method.gate_cost_factor(10) == 1.0
+    one_step(11)
+    assert any(not torch.equal(t.detach(), start[n]) for n, t in method.gates.theta.items())
+
+
+def test_gate_cost_ramps_linearly_after_the_warmup():
+    method = attached(tiny_net(), theta_init=0.5, warmup=0.2, penalty_ramp=0.4)  # 50 steps
+    factors = [method.gate_cost_factor(s) for s in (0, 9, 10, 19, 29, 40)]
+    assert factors == [0.0, 0.0, pytest.approx(1 / 20), pytest.approx(10 / 20), 1.0, 1.0]
+    method.step = 0  # during the warm-up only the weight prior is left in the penalty
+    weights_only = method._weight_prior(method.ctx.model) / method._n()
+    assert torch.allclose(method.penalty(method.ctx.model), weights_only)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"warmup": 1.0}, "warmup must be in"), ({"penalty_ramp": -0.1}, "penalty_ramp must be in"),
+    ({"warmup": 0.6, "penalty_ramp": 0.4}, "warmup \\+ penalty_ramp must be below 1")])
+def test_bad_warmup_options_are_refused(options, match):
+    with pytest.raises(ConfigError, match=match):
+        build_method("bernoulli", **options)
+
+
+def test_gamma_rises_to_gamma_final_after_the_warmup():
+    method = attached(tiny_net(), theta_init=0.5, warmup=0.2, gamma=2.0, gamma_final=10.0,
+                      gamma_ramp=0.9)
+    # 50 steps: the ramp would start at step 5 but waits for the warm-up (step 10)
+    assert [method.gamma_at(s) for s in (0, 10, 30, 50)] == [2.0, 2.0, 6.0, 10.0]
+    late = attached(tiny_net(), theta_init=0.5, gamma_final=10.0, gamma_ramp=0.2)
+    assert [late.gamma_at(s) for s in (0, 40, 45, 50)] == [2.0, 2.0, 6.0, 10.0]
+    method.step = 30
+    pen = method.penalty(method.ctx.model) - method._weight_prior(method.ctx.model) / 100
+    expected = sum(gate_regulariser(t.detach(), method.pi, 6.0).sum()
+                   for t in method.gates.theta.values()) * method.penalty_scale / 100
+    assert float(pen.detach()) == pytest.approx(float(expected))
+    assert attached(tiny_net(), theta_init=0.5).gamma_at(40) == 2.0  # constant by default
+    with pytest.raises(ConfigError, match="gamma_final must be"):
+        build_method("bernoulli", gamma=2.0, gamma_final=1.0)

@@ -22,6 +22,19 @@ to a deterministic network; at theta in {0, 1} R is an L0 cost of log(1/pi) per 
 log(1/(1-pi)) per removed one). gamma = 1 drops the entropy term (a plain L0-like expected cost),
 gamma = 0 is the plain KL. `penalty_scale` tempers the gate prior only (1 = the Bayesian
 weighting; larger values buy smaller networks, as the lambda of L0 methods does).
+penalty_scale multiplies both parts of R: the cost per kept unit, penalty_scale log((1-pi)/pi),
+and the flattening force, penalty_scale (gamma - 1) log(theta/(1-theta)). Lowering it to keep
+more units therefore also weakens the flattening and leaves gates at stochastic equilibria
+(MNIST, penalty_scale 15: 64 of 117 gates undecided at the end); raising pi lowers the cost per
+unit alone (pi = 0.2: log 4 instead of log 19 at pi = 0.05). With gamma = 2 the unstable point
+of R is theta* = 1 - pi: gates above it are pushed to 1 by the prior itself, so `theta_init`
+should lie below 1 - pi (the data term then has to lift the units worth keeping).
+`gamma_final` (default None: constant gamma) raises gamma linearly to gamma_final over the last
+`gamma_ramp` (default 0.25) of training, never before the warm-up ends. A growing gamma lowers
+theta* towards 0.5, so it acts as a soft rounding while the weights still adapt: ramped over the
+whole run from theta_init 0.9 it fixed every unit on (measured), over the last quarter it
+decided the gates left at stochastic equilibria (MNIST validation run, x2: 12 -> 0). The
+reproduction uses gamma_final = 20.
 Weight prior (`weight_prior`): "gaussian" N(0, prior_sigma^2) on every Linear/Conv2d weight
 (= weight decay), "mixture" the two-component scale mixture
 mixture_weight N(0, prior_sigma^2) + (1 - mixture_weight) N(0, mixture_sigma^2), or "none".
@@ -43,6 +56,20 @@ the two rules never overlap. The gradient g of the expected data loss (`estimato
   forward pass per stochastic unit, so refused when the model has more than `max_exact_units`
   gated units.
 The R(theta) gradient is exact for every estimator.
+
+Warm-up (`warmup`, a fraction of the training steps; default 0). For the first warmup x
+total_steps steps theta is frozen at theta_init (the gates are still sampled, so the weights
+train under the same dropout-like noise) and the gate prior is left out of the loss; afterwards
+`penalty_ramp` (fraction of training, default 0) raises the gate prior's weight linearly from 0
+to 1. Why: the per-unit gate cost is the same at every width, while one unit's share of the data
+term shrinks as the network widens, and from the first step the data gradient on theta is that
+of an untrained network. Without a warm-up wide starts lose most units before the weights
+specialise and narrow starts fix most gates on early (theta > 1 - threshold is final), so the
+final size follows the starting width (MNIST LeNet-300-100: 127/54 units from x1/x4).
+Deciding the gates on a partly trained network removes most of that dependence (old options,
+10k-subset validation: CV of final units 38% -> 8%; see docs/bernoulli.md, where theta_init
+below 1 - pi is seen to remove part of it too; the reproduction uses warmup=0.25). A ramp after
+the warm-up was measured to be worse (low early cost fixes gates on), so it is off by default.
 
 Shrinking. With `shrink` (default) the network is physically rebuilt without removed units
 (`prunelab.shrink.shrink_with_optimizer`: the optimizer's momentum/Adam state follows the kept
@@ -139,6 +166,10 @@ class BernoulliGating(PruningMethod):
     records_per_epoch: int = 4
     gate_inputs: bool = False
     shrink_every: int = 50
+    warmup: float = 0.0
+    penalty_ramp: float = 0.0
+    gamma_final: float | None = None
+    gamma_ramp: float = 0.25
 
     name = "bernoulli"
 
@@ -162,6 +193,15 @@ class BernoulliGating(PruningMethod):
         check_range("max_exact_units", self.max_exact_units, 1)
         check_range("records_per_epoch", self.records_per_epoch, 0)
         check_range("shrink_every", self.shrink_every, 1)
+        check_range("warmup", self.warmup, 0.0, 1.0, high_inclusive=False)
+        check_range("penalty_ramp", self.penalty_ramp, 0.0, 1.0)
+        if self.gamma_final is not None:
+            check_range("gamma_final", self.gamma_final, self.gamma)
+        check_range("gamma_ramp", self.gamma_ramp, 0.0, 1.0, low_inclusive=False)
+        if self.warmup + self.penalty_ramp >= 1.0:
+            raise ConfigError(f"warmup + penalty_ramp must be below 1 (a fraction of training "
+                              f"must remain for gating at full cost); got {self.warmup:g} + "
+                              f"{self.penalty_ramp:g}")
         if self.n_train is not None:
             check_range("n_train", self.n_train, 1)
         if not self.threshold < self.theta_init <= 1.0:
@@ -185,6 +225,7 @@ class BernoulliGating(PruningMethod):
                 "estimator 'st' or 'reinforce' for large layers (or raise max_exact_units)"
             )
         self.start_widths = {n: t.numel() for n, t in self.gates.theta.items()}
+        self.feature_sites = list(self.gates.features)
         self.orig_index = {n: torch.arange(k) for n, k in self.start_widths.items()}
         self.step = 0
         self.ema: float | None = None
@@ -200,6 +241,31 @@ class BernoulliGating(PruningMethod):
 
     def _n(self) -> int:
         return self.n_train or self._n_est
+
+    def _warmup_steps(self) -> int:
+        return int(round(self.warmup * self.ctx.total_steps))
+
+    def gate_cost_factor(self, step: int | None = None) -> float:
+        """Weight of the gate prior at `step` (default: the current one): 0 during the warm-up,
+        then rising linearly to 1 over `penalty_ramp` of training, then 1."""
+        step = self.step if step is None else step
+        start = self._warmup_steps()
+        if step < start:
+            return 0.0
+        ramp = self.penalty_ramp * self.ctx.total_steps
+        return 1.0 if ramp <= 0 else min(1.0, (step - start + 1) / ramp)
+
+    def gamma_at(self, step: int | None = None) -> float:
+        """Hyper-prior strength at `step`: `gamma`, rising linearly to `gamma_final` over the
+        last `gamma_ramp` of training (never before the warm-up ends; constant `gamma` when
+        gamma_final is None)."""
+        if self.gamma_final is None:
+            return self.gamma
+        step = self.step if step is None else step
+        end = self.ctx.total_steps
+        start = max(self._warmup_steps(), int(round((1.0 - self.gamma_ramp) * end)))
+        frac = min(1.0, max(0.0, (step - start) / max(1, end - start)))
+        return self.gamma + frac * (self.gamma_final - self.gamma)
 
     def _forward_flops(self, model: nn.Module) -> int:
         return int(sparsity_report(model, None, self.input_shape)["global"]["flops_dense"])
@@ -289,12 +355,13 @@ class BernoulliGating(PruningMethod):
         if self.gates is None:
             return weights
         total = weights.new_zeros(())
+        gamma = self.gamma_at()
         for name in self.gates.theta:
             theta, free = self._safe_theta(name)
-            r = gate_regulariser(theta, self.pi, self.gamma)
-            fixed = gate_regulariser(self.gates.theta[name].detach(), self.pi, self.gamma)
+            r = gate_regulariser(theta, self.pi, gamma)
+            fixed = gate_regulariser(self.gates.theta[name].detach(), self.pi, gamma)
             total = total + torch.where(free, r, fixed).sum()
-        return weights + total * (self.penalty_scale / self._n())
+        return weights + total * (self.penalty_scale * self.gate_cost_factor() / self._n())
 
     def _weight_prior(self, model: nn.Module) -> torch.Tensor:
         p = next(model.parameters())
@@ -323,9 +390,13 @@ class BernoulliGating(PruningMethod):
         if gates is None:
             return
         removed_any = False
+        frozen = step <= self._warmup_steps()
         for name, theta in gates.theta.items():
             free = gates.free(name)
             g = theta.grad
+            if frozen:
+                theta.grad = None
+                continue
             if g is not None:
                 new = (theta - self.lr_theta * g).clamp_(0.0, 1.0)
                 theta.copy_(torch.where(free, new, theta))
@@ -453,6 +524,7 @@ class BernoulliGating(PruningMethod):
         return {
             "start_widths": dict(self.start_widths),
             "final_widths": self.widths(),
+            "feature_sites": list(self.feature_sites),
             "undecided_at_end": self.undecided_at_end,
             "max_undecided_distance": self.max_undecided_distance,
             "train_flops": self.train_flops,
