@@ -1,9 +1,10 @@
 """Training wall time of Bernoulli-gate pruning (gates + shrinking during training) versus
 dense training of the starting network for the same epochs, side by side in one process.
 
-LeNet-300-100 (or its x2/x4 widening) on an MNIST training subset, Adam, batch 100, cosine
-learning rate, the method options of `prunelab reproduce bernoulli --quick` (tuned for a
-10,000-example subset and 5 epochs). Each round trains one dense and one Bernoulli run
+LeNet-300-100 (or its x2/x4 widening) on MNIST, Adam, batch 100, cosine learning rate, 20
+epochs. By default a full run: all 60,000 training images with the method options of
+`prunelab reproduce bernoulli`; `--subset` uses a 10,000-image subset with the options of
+`--quick` (tuned for that subset and 20 epochs). Each round trains one dense and one Bernoulli run
 from the same initial weights and batch order; the order alternates every round; the median
 of each is reported with the ratio
 
@@ -11,8 +12,8 @@ of each is reported with the ratio
 
 plus the training FLOPs ratio the method counts and the final widths and test errors.
 
-Run: .venv/bin/python benchmarks/bernoulli_training_time.py [--rounds 3] [--epochs 5]
-     [--n-train 10000] [--width 1] [--quick]
+Run: .venv/bin/python benchmarks/bernoulli_training_time.py [--rounds 3] [--epochs 20]
+     [--subset] [--width 1] [--quick]
 Writes benchmarks/results/bernoulli_training_time.json. Needs MNIST in $PRUNELAB_DATA (or
 ../shared/data).
 """
@@ -31,7 +32,7 @@ from benchcommon import REPO_ROOT, machine_info, median, verdict, write_results
 from prunelab.config import TrainConfig
 from prunelab.data import load_dataset
 from prunelab.errors import PrunelabError
-from prunelab.experiments.bernoulli import QUICK_OPTIONS, build
+from prunelab.experiments.bernoulli import METHOD_OPTIONS, QUICK_OPTIONS, build
 from prunelab.methods.base import PruningMethod
 from prunelab.methods.bernoulli import BernoulliGating
 from prunelab.train import Trainer
@@ -52,8 +53,9 @@ def one_run(data, width: int, epochs: int, method: PruningMethod) -> tuple[float
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--n-train", type=int, default=10000)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--subset", action="store_true",
+                    help="10,000 training images and the --quick options of the reproduction")
     ap.add_argument("--width", type=int, default=1, help="starting width factor (1, 2, 4)")
     ap.add_argument("--quick", action="store_true", help="1 round")
     args = ap.parse_args(argv)
@@ -62,10 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     data_dir = os.environ.get("PRUNELAB_DATA") or str(Path(REPO_ROOT).parent / "shared" / "data")
     try:
-        data = load_dataset("mnist", data_dir=data_dir, n_train=args.n_train, seed=0)
+        data = load_dataset("mnist", data_dir=data_dir,
+                            n_train=10000 if args.subset else None, seed=0)
     except PrunelabError as exc:
         print(f"{NAME}: {exc}", file=sys.stderr)
         return 2
+    options = QUICK_OPTIONS if args.subset else METHOD_OPTIONS
     times: dict[str, list[float]] = {"dense": [], "bernoulli": []}
     errors: dict[str, float] = {}
     summary = {}
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "dense":
                 method: PruningMethod = PruningMethod()
             else:
-                method = BernoulliGating(n_train=data.n_train, **QUICK_OPTIONS)
+                method = BernoulliGating(n_train=data.n_train, **options)
             secs, err = one_run(data, args.width, args.epochs, method)
             times[name].append(secs)
             errors[name] = err
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['final_widths']} from {summary['start_widths']}")
     path = write_results(NAME, {
         "machine": machine_info(),
-        "settings": vars(args) | {"method_options": QUICK_OPTIONS},
+        "settings": vars(args) | {"method_options": options, "n_train": data.n_train},
         "seconds": times, "median_seconds": med, "ratio_bernoulli_over_dense": ratio,
         "train_flops_ratio": flops_ratio, "test_error": errors,
         "final_widths": summary["final_widths"], "start_widths": summary["start_widths"],
