@@ -14,7 +14,8 @@ import torch
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with `n` (>= 1) torch threads, then restore the previous count."""
+    """Run the block with `n` (>= 1) torch threads, then restore the previous count. Also a
+    decorator: `@torch_threads(1)` on a function runs every call single-threaded."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, int(n)))
     try:

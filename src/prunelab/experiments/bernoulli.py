@@ -183,17 +183,12 @@ def _spread(rows: list[dict[str, Any]]) -> dict[str, float]:
             "error_spread_pts": max(errs) - min(errs)}
 
 
+@torch_threads(1)  # these small models only lose time to intra-op threads
 def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         log: Callable[[str], None] = print, plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the study and write report.md, results.json and figures/ into `out` atomically
-    (`plan` overrides parts of `default_plan(quick)`, e.g. fewer runs); single-threaded
-    (restored after): these small models only lose time to intra-op threads."""
-    with torch_threads(1):
-        return _run(out, quick, progress, log, plan)
-
-
-def _run(out: Path, quick: bool, progress: bool | None, log: Callable[[str], None],
-         plan: dict[str, Any] | None) -> dict[str, Any]:
+    (`plan` overrides parts of `default_plan(quick)`, e.g. fewer runs); single-threaded, the
+    thread count restored after."""
     plan = {**default_plan(quick), **(plan or {})}
     device = os.environ.get("PRUNELAB_DEVICE", "cpu")
     data_dir = os.environ.get("PRUNELAB_DATA")

@@ -291,6 +291,7 @@ def _claims(census, retrain_rows, s: Settings) -> list[dict[str, Any]]:
     return claims
 
 
+@torch_threads(1)  # these tiny models only lose time to intra-op threads
 def run(
     out: Path,
     *,
@@ -298,15 +299,9 @@ def run(
     progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the reproduction and write report.md, results.json and figures/ into `out`.
-    Runs single-threaded (restored after): these tiny models only lose time to intra-op
-    threads on a shared machine."""
-    with torch_threads(1):
-        return _run(Path(out), quick, progress, log)
-
-
-def _run(out: Path, quick: bool, progress: bool | None, log: Callable[[str], None]
-         ) -> dict[str, Any]:
+    """Run the reproduction and write report.md, results.json and figures/ into `out`
+    (single-threaded, the thread count restored after)."""
+    out = Path(out)
     s = settings(quick)
     start = time.perf_counter()
     cpu_start = time.process_time()

@@ -269,16 +269,11 @@ def part_mnist(widths: tuple[int, ...], steps: int, top_k: int, seed: int, log) 
 # ----------------------------------------------------------------------------- run
 
 
+@torch_threads(1)  # tiny models only lose time to intra-op threads
 def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run all parts and write report.md, results.json and figures/ into `out` atomically
-    (single-threaded, restored after: tiny models only lose time to intra-op threads)."""
-    with torch_threads(1):
-        return _run(out, quick, progress, log)
-
-
-def _run(out: Path, quick: bool, progress: bool | None,
-         log: Callable[[str], None]) -> dict[str, Any]:
+    (single-threaded, the thread count restored after)."""
     seed = 0
     max_steps = 1500 if quick else 40000
     start = time.perf_counter()

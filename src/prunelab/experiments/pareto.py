@@ -103,6 +103,7 @@ def _layers(nonzero_per_layer: dict[str, int]) -> list[int]:
     return list(nonzero_per_layer.values())
 
 
+@torch_threads(1)  # LeNet-5 at batch 32 only loses time to intra-op threads
 def run(
     out: Path,
     *,
@@ -110,15 +111,9 @@ def run(
     progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the reproduction; write report.md, results.json and figures/ into `out` atomically.
-    Runs single-threaded (restored after): LeNet-5 at batch 32 only loses time to intra-op
-    threads on a shared machine."""
-    with torch_threads(1):
-        return _run(Path(out), quick, progress, log)
-
-
-def _run(out: Path, quick: bool, progress: bool | None, log: Callable[[str], None]
-         ) -> dict[str, Any]:
+    """Run the reproduction; write report.md, results.json and figures/ into `out` atomically
+    (single-threaded, the thread count restored after)."""
+    out = Path(out)
     s = settings(quick)
     start, cpu_start = time.perf_counter(), time.process_time()
     data = load_dataset("mnist", seed=s.seed)  # $PRUNELAB_DATA; a one-line DataError if absent
