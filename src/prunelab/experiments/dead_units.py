@@ -47,6 +47,7 @@ from prunelab.report import markdown_table, new_figure, save_figure, text_table
 from prunelab.scores import dead_units, parameter_scores, select_units, unit_means, unit_scores
 from prunelab.selection import select_masks
 from prunelab.shrink import shrink, shrink_with_optimizer, widths
+from prunelab.threads import torch_threads
 from prunelab.train import evaluate
 
 MODELS = ("conv-small", "lenet-300-100")
@@ -260,9 +261,11 @@ def final_finetune(net: nn.Module, opt: torch.optim.Optimizer, train: Dataset, v
             "test_accuracy": evaluate(net, data.x_test, data.y_test)["accuracy"]}
 
 
+@torch_threads(1)  # the documented full runs used one thread; more only spin on a busy box
 def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the reproduction and write report.md, results.json and figures/ into `out`."""
+    """Run the reproduction and write report.md, results.json and figures/ into `out`
+    (single-threaded, the thread count restored after)."""
     s = settings(quick)
     start = time.perf_counter()
     data = load_dataset("mnist", seed=s.seed, n_train=s.n_train, n_test=s.n_test)

@@ -30,6 +30,7 @@ from prunelab.masks import mask_sparsity
 from prunelab.models import build_model
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
 from prunelab.retrain import retrain_from
+from prunelab.threads import torch_threads
 from prunelab.train import evaluate
 from prunelab.train import run as train_run
 
@@ -72,10 +73,11 @@ def pruning_steps(total_steps: int) -> tuple[int, int, int]:
             max(1, min(REF_FREQUENCY, round(REF_FREQUENCY * scale))))
 
 
+@torch_threads(1)  # the documented full runs used one thread; more only spin on a busy box
 def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the three solutions, evaluate the lines and curves, write report, results and
-    figure into `out` atomically."""
+    figure into `out` atomically (single-threaded, the thread count restored after)."""
     s = settings(quick)
     start = time.perf_counter()
     try:
