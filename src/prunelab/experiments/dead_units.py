@@ -365,6 +365,17 @@ def claims(models: dict[str, Any]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- output
 
 
+def _plot_by_score(ax, rows: list[dict[str, Any]], scores, x: str, y: str, title: str,
+                   xlabel: str) -> None:
+    """One line per score: test loss increase (`y`) against `x`, symlog scale."""
+    for score in scores:
+        pts = sorted((r[x], r[y]) for r in rows if r["score"] == score)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=score)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set(title=title, xlabel=xlabel, ylabel="test loss increase")
+    ax.legend(fontsize=8)
+
+
 def _figures(stage: Path, models: dict[str, Any]) -> list[str]:
     (stage / "figures").mkdir()
     files = []
@@ -372,27 +383,15 @@ def _figures(stage: Path, models: dict[str, Any]) -> list[str]:
         fig, axes = new_figure(2, size=(5.2, 3.8))
         for ax, kind, title in ((axes[0][0], "mean_replacement", "mean replacement"),
                                 (axes[0][1], "removal", "plain removal")):
-            for score in UNIT_SCORE_NAMES:
-                pts = sorted((r["fraction"], r[kind]) for r in e["units"]["rows"]
-                             if r["score"] == score)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=score)
-            ax.set_yscale("symlog", linthresh=1e-3)
-            ax.set(title=f"{name}: {title}", xlabel="fraction of units removed per layer",
-                   ylabel="test loss increase")
-            ax.legend(fontsize=8)
+            _plot_by_score(ax, e["units"]["rows"], UNIT_SCORE_NAMES, "fraction", kind,
+                           f"{name}: {title}", "fraction of units removed per layer")
         path = f"figures/units_{name}.png"
         save_figure(fig, stage / path)
         files.append(path)
         fig, axes = new_figure(1)
-        ax = axes[0][0]
-        for score in PARAM_SCORE_NAMES:
-            pts = sorted((r["sparsity"], r["loss_increase"]) for r in e["params"]["rows"]
-                         if r["score"] == score)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=score)
-        ax.set_yscale("symlog", linthresh=1e-3)
-        ax.set(title=f"{name}: weight scores", xlabel="fraction of weights zeroed per layer",
-               ylabel="test loss increase")
-        ax.legend(fontsize=8)
+        _plot_by_score(axes[0][0], e["params"]["rows"], PARAM_SCORE_NAMES, "sparsity",
+                       "loss_increase", f"{name}: weight scores",
+                       "fraction of weights zeroed per layer")
         path = f"figures/weights_{name}.png"
         save_figure(fig, stage / path)
         files.append(path)
