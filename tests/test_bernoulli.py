@@ -436,3 +436,186 @@ def test_gamma_rises_to_gamma_final_after_the_warmup():
     assert attached(tiny_net(), theta_init=0.5).gamma_at(40) == 2.0  # constant by default
     with pytest.raises(ConfigError, match="gamma_final must be"):
         build_method("bernoulli", gamma=2.0, gamma_final=1.0)
+
+
+# ---------------------------------------------------------------- fast paths, bit for bit
+# The training step's fast paths (gate sampling, weight prior, gate prior, theta update) must
+# compute what the plain expressions compute, bit for bit, so that results do not change.
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sample_equals_torch_bernoulli_bit_for_bit(dtype):
+    from prunelab.gates import sample
+
+    for units, batch, seed in [(300, 100, 0), (7, 3, 1), (1, 50, 2), (1200, 17, 3)]:
+        theta = torch.rand(units, dtype=dtype)
+        theta[: units // 4] = 1.0
+        theta[units // 4 : units // 3] = 0.0
+        torch.manual_seed(seed)
+        expected = torch.bernoulli(theta.expand(batch, -1))
+        after_expected = torch.rand(4)
+        torch.manual_seed(seed)
+        got = sample(theta, batch)
+        assert got.dtype == dtype and torch.equal(got, expected)
+        assert torch.equal(torch.rand(4), after_expected)  # the same draws were consumed
+
+
+def _reference_weight_prior(weights, sigma):
+    total = weights[0].new_zeros(())
+    for w in weights:
+        total = total + (w * w).sum() / (2 * sigma * sigma)
+    return total
+
+
+def test_gaussian_prior_equals_the_autograd_expression_bit_for_bit():
+    from prunelab.methods.bernoulli import gaussian_prior
+
+    torch.manual_seed(0)
+    shapes = [(30, 78), (10, 3, 5, 5), (7, 30), (3, 7)]
+    base = [torch.randn(s) * 0.1 for s in shapes]
+    x = torch.randn(16, 78)
+    results = []
+    for prior in (_reference_weight_prior, gaussian_prior):
+        ws = [b.clone().requires_grad_(True) for b in base]
+        data = (x @ ws[0].t()).tanh().pow(2).mean() + ws[1].sum() * 1e-3
+        value = prior(ws, 0.7)
+        (data + value / 1000).backward()  # the data gradient accumulates with the prior's
+        results.append((value.detach(), [w.grad for w in ws]))
+    (v_ref, g_ref), (v, g) = results
+    assert torch.equal(v, v_ref)
+    assert all(torch.equal(a, b) for a, b in zip(g, g_ref))
+
+
+def _reference_gate_penalty(method, gamma):
+    total = torch.zeros((), dtype=next(iter(method.gates.theta.values())).dtype)
+    for theta in method.gates.theta.values():
+        free = (theta.detach() > 0) & (theta.detach() < 1)
+        safe = torch.where(free, theta, torch.full_like(theta, 0.5))
+        r = gate_regulariser(safe, method.pi, gamma)
+        fixed = gate_regulariser(theta.detach(), method.pi, gamma)
+        total = total + torch.where(free, r, fixed).sum()
+    return total
+
+
+def _theta_grads(method) -> list[torch.Tensor]:
+    out = [torch.zeros_like(t) if t.grad is None else t.grad.clone()
+           for t in method.gates.theta.values()]
+    for t in method.gates.theta.values():
+        t.grad = None
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("theta", [{"1": [0.3, 1.0, 0.0], "3": [0.55, 1.0]},
+                                   {"1": [1.0, 1.0, 0.0], "3": [0.0, 1.0]}])  # all decided
+def test_gate_prior_equals_the_per_layer_expression_bit_for_bit(dtype, theta):
+    model = tiny_net(dtype)
+    method = attached(model, theta_init=0.5, gamma=2.0, gamma_final=7.0, gamma_ramp=0.5)
+    set_theta(method, theta)
+    for step in (10, 40):  # constant gamma, then inside the gamma ramp
+        method.step = step
+        scale = method.penalty_scale * method.gate_cost_factor() / method._n()
+        weights = method._weight_prior(model) / method._n()
+        got = method.penalty(model)
+        got.backward()
+        grads = _theta_grads(method)
+        expected = weights.detach() + _reference_gate_penalty(method, method.gamma_at()) * scale
+        expected.backward()
+        assert torch.equal(got.detach(), expected.detach())
+        assert all(torch.equal(a, b) for a, b in zip(grads, _theta_grads(method)))
+    # the cached costs of fixed gates do not depend on gamma
+    ends = torch.tensor([0.0, 1.0], dtype=dtype)
+    for gamma in (0.0, 1.0, 2.0, 20.0):
+        assert torch.equal(gate_regulariser(ends, method.pi, gamma),
+                           torch.stack(method._fixed_costs(ends)))
+
+
+def _reference_update(method, step):
+    """The per-layer projected update of theta, as written before it was batched."""
+    out = {}
+    for name, theta in method.gates.theta.items():
+        theta = theta.detach().clone()
+        free = (theta > 0) & (theta < 1)
+        g = method.gates.theta[name].grad
+        if g is not None:
+            new = (theta - method.lr_theta * g).clamp_(0.0, 1.0)
+            theta.copy_(torch.where(free, new, theta))
+        low = free & (theta < method.threshold)
+        theta[free & (theta > 1.0 - method.threshold)] = 1.0
+        theta[low] = 0.0
+        out[name] = theta
+    return out
+
+
+@pytest.mark.parametrize("missing_grad,theta", [
+    (False, {"1": [0.3, 1.0, 0.06], "3": [0.55, 0.96]}),
+    (True, {"1": [0.3, 1.0, 0.06], "3": [0.55, 0.96]}),
+    (False, {"1": [1.0, 1.0, 0.0], "3": [0.0, 1.0]})])  # all decided
+def test_theta_update_equals_the_per_layer_update_bit_for_bit(missing_grad, theta):
+    method = attached(tiny_net(torch.float32), theta_init=0.5, shrink=False, lr_theta=0.7,
+                      threshold=0.05)
+    set_theta(method, theta)
+    grads = {"1": [0.11, 0.5, 0.3], "3": [-0.123456, -0.02]}
+    for name, t in method.gates.theta.items():
+        t.grad = torch.tensor(grads[name], dtype=t.dtype)
+    if missing_grad:
+        method.gates.theta["3"].grad = None
+    expected = _reference_update(method, 1)
+    method.after_step(1)
+    for name, t in method.gates.theta.items():
+        assert torch.equal(t.detach(), expected[name]) and t.grad is None
+    assert method.gates.theta["1"][2] == 0.0  # 0.06 - 0.7 * 0.3 < threshold: removed
+    assert method.gates.theta["1"][1] == 1.0
+
+
+def test_frozen_theta_gives_the_same_forward_without_a_graph_to_theta():
+    model = tiny_net(torch.float32)
+    method = attached(model, theta_init=0.9, warmup=0.5)
+    x = torch.randn(6, 4)
+    outs = []
+    for theta_grad in (True, False):
+        method.gates.theta_grad = theta_grad
+        torch.manual_seed(3)
+        out = model(x)
+        out.sum().backward()
+        outs.append(out.detach())
+        got = [t.grad is not None for t in method.gates.theta.values()]
+        assert all(got) if theta_grad else not any(got)
+        for t in method.gates.theta.values():
+            t.grad = None
+    assert torch.equal(outs[0], outs[1])
+    # the method switches the path off exactly while theta is frozen (steps 1..25 of 50)
+    for step, frozen in ((0, True), (24, True), (25, False)):
+        method.step = step
+        method.batch_loss(model, x, torch.tensor([0, 1, 2, 0, 1, 2]), F.cross_entropy)
+        assert method.gates.theta_grad is not frozen
+
+
+def test_gaussian_prior_as_gradient_trains_like_the_prior_in_the_loss():
+    """The prior's gradient added before each step gives the same run (to float rounding) as
+    the prior differentiated in the loss, across shrink events (the hook follows the rebuilt
+    optimizer), and penalty() then leaves the prior out."""
+    data = load_dataset("xor", n_relevant=2, n_irrelevant=4, n_train=400, n_test=400, seed=0)
+    runs = {}
+    for how in ("loss", "gradient"):
+        torch.manual_seed(0)
+        model = mlp(data.input_shape, data.num_classes, widths=(32, 16))
+        method = build_method("bernoulli", penalty_scale=5.0, lr_theta=2.0, theta_init=0.8,
+                              shrink_every=5, prior_sigma=0.05, gaussian_prior_as=how,
+                              finalize=False)
+        cfg = TrainConfig(epochs=4, batch_size=50, optimizer="adam", lr=1e-2, eval_train=False)
+        Trainer(model, data, cfg, method).fit()
+        runs[how] = method
+    a, b = runs["loss"], runs["gradient"]
+    assert a.shrink_events > 0 and b.shrink_events == a.shrink_events
+    assert a.widths() == b.widths()
+    for p, q in zip(a.ctx.model.parameters(), b.ctx.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-4)
+    assert len(b.ctx.optimizer._optimizer_step_pre_hooks) == 1
+    assert float(b._weight_prior(b.ctx.model)) == 0.0
+    assert float(a._weight_prior(a.ctx.model).detach()) > 0.0
+
+
+def test_gaussian_prior_as_is_checked():
+    with pytest.raises(ConfigError, match="gaussian_prior_as"):
+        BernoulliGating(gaussian_prior_as="autograd")
