@@ -3,8 +3,6 @@ fall back while autograd records, and leave the original model untouched."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -17,9 +15,7 @@ from prunelab.shrink import shrink, unit_layers
 
 
 def _strided(pool: nn.MaxPool2d) -> StridedMaxPool2d:
-    p = copy.copy(pool)
-    p.__class__ = StridedMaxPool2d
-    return p
+    return StridedMaxPool2d.from_pool(pool)
 
 
 @pytest.mark.parametrize("kernel,size", [(2, 24), (2, 7), (3, 12), ((2, 3), 9)])

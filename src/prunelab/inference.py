@@ -35,9 +35,25 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def _retyped(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """A shallow copy of `module` as an instance of its subclass `cls`, sharing its parameters
+    and buffers (own dicts, so later replacements in one do not show in the other)."""
+    new = copy.copy(module)
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._modules = dict(module._modules)
+    new.__class__ = cls
+    return new
+
+
 class StridedMaxPool2d(nn.MaxPool2d):
     """MaxPool2d that, outside autograd and for non-overlapping windows (kernel == stride, no
     padding or dilation, floor mode), takes the maximum of the kernel's strided sub-grids."""
+
+    @classmethod
+    def from_pool(cls, pool: nn.MaxPool2d) -> StridedMaxPool2d:
+        """A StridedMaxPool2d with `pool`'s settings."""
+        return _retyped(pool, cls)
 
     def fast_path_applies(self) -> bool:
         """Whether this layer's settings allow the strided computation."""
@@ -66,11 +82,7 @@ class BackendConv2d(nn.Conv2d):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, use_onednn: bool) -> BackendConv2d:
         """A BackendConv2d sharing `conv`'s parameters."""
-        new = cls.__new__(cls)
-        new.__dict__.update(conv.__dict__)
-        new._parameters = dict(conv._parameters)
-        new._buffers = dict(conv._buffers)
-        new._modules = dict(conv._modules)
+        new = _retyped(conv, cls)
         new.use_onednn = use_onednn
         return new
 
@@ -133,8 +145,7 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, *, repeats: 
     for name, x in inputs.items():
         layer = fast.get_submodule(name)
         if isinstance(layer, nn.MaxPool2d) and tune_pooling:
-            candidate = copy.copy(layer)
-            candidate.__class__ = StridedMaxPool2d
+            candidate = StridedMaxPool2d.from_pool(layer)
             if not candidate.fast_path_applies():
                 choices[name] = "max_pool2d (windows overlap or pad)"
                 continue

@@ -169,6 +169,11 @@ def gaussian_prior(weights: list[torch.Tensor], sigma: float) -> torch.Tensor:
     return _GaussianPrior.apply(2 * sigma * sigma, *weights)
 
 
+def _prior_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weights the weight prior covers: every Linear/Conv2d weight (biases carry none)."""
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
 def per_sample_losses(loss_fn, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example losses via loss_fn(..., reduction='none'); ConfigError if unsupported."""
     try:
@@ -442,9 +447,9 @@ class BernoulliGating(PruningMethod):
         def add_prior_gradient(_opt, _args, _kwargs) -> None:
             scale = 1.0 / (self.prior_sigma * self.prior_sigma * self._n())
             with torch.no_grad():
-                for m in self.ctx.model.modules():
-                    if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.grad is not None:
-                        m.weight.grad.add_(m.weight, alpha=scale)
+                for w in _prior_weights(self.ctx.model):
+                    if w.grad is not None:
+                        w.grad.add_(w, alpha=scale)
 
         optimizer.register_step_pre_hook(add_prior_gradient)
 
@@ -454,7 +459,7 @@ class BernoulliGating(PruningMethod):
         if self.weight_prior == "none" or self._prior_by_gradient():
             return total
         s1 = self.prior_sigma
-        weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        weights = _prior_weights(model)
         if self.weight_prior == "gaussian":
             return gaussian_prior(weights, s1) if weights else total
         s2, a = self.mixture_sigma, self.mixture_weight
