@@ -619,3 +619,31 @@ def test_gaussian_prior_as_gradient_trains_like_the_prior_in_the_loss():
 def test_gaussian_prior_as_is_checked():
     with pytest.raises(ConfigError, match="gaussian_prior_as"):
         BernoulliGating(gaussian_prior_as="autograd")
+
+
+def test_reproduction_summary_reports_dense_seed_noise_next_to_the_spread():
+    from prunelab.experiments.bernoulli import _dense_reference, _summarise
+
+    dense = {"lenet-300-100": _dense_reference([
+        {"seed": 0, "test_error_pct": 1.6, "params": 10, "flops": 20, "seconds": 40.0},
+        {"seed": 1, "test_error_pct": 1.4, "params": 10, "flops": 20, "seconds": 41.0}])}
+    rows = [{"model": "lenet-300-100", "width": f"x{f}", "seed": s, "units": u,
+             "widths": [u - 30, 30], "test_error_pct": e, "input_features": None,
+             "undecided_at_end": 0,
+             "max_undecided_distance": 0.0, "seconds": 30.0 + s, "train_flops_saved": 0.3}
+            for f, s, u, e in [(1, 0, 110, 1.9), (1, 1, 120, 2.1), (2, 0, 115, 2.0)]]
+    plan = {"models": ["lenet-300-100"], "epochs": {"lenet-300-100": 1}, "runs": [],
+            "options": {}}
+    res = _summarise(plan, rows, dense, True, 1.0, 100)
+    ref = res["models"]["lenet-300-100"]["dense"]
+    assert ref["seconds"] == 40.0 and ref["seed"] == 0
+    assert ref["error_mean_pct"] == pytest.approx(1.5)
+    assert ref["error_spread_pts"] == pytest.approx(0.2)
+    assert ref["error_std_pts"] == pytest.approx(0.02 ** 0.5)
+    spread = res["models"]["lenet-300-100"]["spread"]
+    assert spread["error_spread_pts"] == pytest.approx(0.2)
+    robust = next(c for c in res["claims"] if "robust" in c["claim"])
+    assert robust["held"]  # CV 4.3%, spread 0.20
+    assert "dense x1 over 2 seeds: spread 0.20, SD 0.14" in robust["measured"]
+    timing = next(c for c in res["claims"] if "wall time" in c["claim"])
+    assert timing["held"] and "x1 seed 0: 30.0s vs dense seed 0 40.0s" in timing["measured"]
