@@ -88,3 +88,32 @@ def test_dataset_errors_list_valid_names():
         load_dataset("xor", n_noise=3)
     with pytest.raises(ConfigError, match="label_noise"):
         load_dataset("xor", label_noise=0.7)
+
+
+def test_validation_option_holds_out_part_of_the_training_set_and_drops_the_test_set():
+    full = load_dataset("blobs", seed=3)
+    val = load_dataset("blobs", seed=3, validation=0.25)
+    assert val.n_train + val.n_test == full.n_train
+    # every train and validation row comes from the original training set, none twice
+    rows = {tuple(r.tolist()) for r in full.x_train}
+    test_rows = {tuple(r.tolist()) for r in full.x_test}
+    got = [tuple(r.tolist()) for r in torch.cat([val.x_train, val.x_test])]
+    assert set(got) <= rows and len(set(got)) == len(got) and not set(got) & test_rows
+    # stratified: each class is held out in proportion
+    for c in range(full.num_classes):
+        n_c = int((full.y_train == c).sum())
+        assert abs(int((val.y_test == c).sum()) - 0.25 * n_c) <= 1
+    assert val.meta["evaluation"] == "validation" and "(validation)" in val.name
+    same = load_dataset("blobs", seed=3, validation="0.25")  # as the CLI passes it
+    assert torch.equal(same.x_test, val.x_test)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, "half"])
+def test_validation_fraction_outside_the_open_unit_interval_is_refused(bad):
+    with pytest.raises(ConfigError, match="validation"):
+        load_dataset("xor", validation=bad)
+
+
+def test_unknown_dataset_option_lists_validation():
+    with pytest.raises(ConfigError, match="valid options: .*validation"):
+        load_dataset("xor", speed=2)

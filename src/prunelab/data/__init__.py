@@ -24,6 +24,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "leukemia": tabular.load_leukemia,
 }
 
+VALIDATION_OPTION = "validation"  # accepted by every dataset, see load_dataset
 BUILT_IN = ("xor", "blobs", "madelon-like", "digits")
 FILE_SUFFIXES = (".arff", ".csv", ".tsv", ".libsvm", ".svm", ".svmlight", ".gz")
 
@@ -42,13 +43,29 @@ def dataset_options(name: str) -> list[str]:
     loader = DATASETS.get(name)
     if loader is None:
         raise UnknownNameError("dataset", name, DATASETS)
-    return [p for p in inspect.signature(loader).parameters if p != "self"]
+    return [p for p in inspect.signature(loader).parameters if p != "self"] + [VALIDATION_OPTION]
 
 
 def load_dataset(
     name: str, *, data_dir: str | Path | None = None, seed: int = 0, **options: Any
 ) -> Dataset:
-    """Load a registered dataset or a tabular file; unknown names and options list valid ones."""
+    """Load a registered dataset or a tabular file; unknown names and options list valid ones.
+
+    Every dataset also takes `validation=f` (0 < f < 1): train on the rest of the training
+    set and evaluate on a seeded, stratified fraction f of it instead of the test set
+    (`Dataset.holdout_validation`), for choosing options without touching the test set."""
+    validation = options.pop(VALIDATION_OPTION, None)
+    data = _load(name, data_dir, seed, options)
+    if validation is None:
+        return data
+    try:
+        fraction = float(validation)
+    except (TypeError, ValueError):
+        raise ConfigError(f"validation must be a fraction in (0, 1), got {validation!r}") from None
+    return data.holdout_validation(fraction, seed)
+
+
+def _load(name: str, data_dir: str | Path | None, seed: int, options: dict[str, Any]) -> Dataset:
     if name not in DATASETS and _looks_like_path(name):
         return tabular.load_tabular_file(name, seed=seed, **options)
     loader = DATASETS.get(name)
@@ -57,9 +74,10 @@ def load_dataset(
     params = inspect.signature(loader).parameters
     unknown = sorted(set(options) - set(params))
     if unknown:
+        valid = [p for p in params if p not in ("seed", "data_dir")] + [VALIDATION_OPTION]
         raise ConfigError(
-            f"dataset '{name}' has no option {', '.join(unknown)}; "
-            f"valid options: {', '.join(p for p in params if p not in ('seed', 'data_dir'))}"
+            f"dataset '{name}' has no option {', '.join(unknown)}; valid options: "
+            f"{', '.join(valid)}"
         )
     kwargs = dict(options)
     if "seed" in params:

@@ -70,6 +70,26 @@ class Dataset:
             dict(self.meta, n_train_subset=n),
         )
 
+    def holdout_validation(self, fraction: float, seed: int = 0) -> Dataset:
+        """A copy that trains on the rest of the training set and evaluates on a seeded,
+        class-stratified `fraction` of it; the test set is left out, so options chosen on
+        this copy never see it. Scaling done by the loader (tabular sets) used the whole
+        training set, held-out part included."""
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError(f"validation fraction must be in (0, 1), got {fraction}")
+        if self.n_train < 2:
+            raise ConfigError(f"a validation split needs 2+ training examples, got {self.n_train}")
+        keep, held = (torch.from_numpy(i) for i in
+                      stratified_split(self.y_train.numpy(), fraction, seed))
+        return Dataset(
+            f"{self.name} (validation)", self.x_train[keep], self.y_train[keep],
+            self.x_train[held], self.y_train[held], self.num_classes, self.feature_names,
+            self.relevant_features, self.class_names,
+            dict(self.meta, evaluation="validation", validation_fraction=fraction,
+                 validation_seed=seed),
+        )
+
+
 
 def stratified_split(
     y: np.ndarray, test_fraction: float, seed: int
