@@ -90,7 +90,6 @@ class Dataset:
         )
 
 
-
 def stratified_split(
     y: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,8 @@ minutes on a GPU with `PRUNELAB_DEVICE=cuda`).
 
 from __future__ import annotations
 
-import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -184,10 +184,7 @@ def _units_figure(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _std(values: list[float]) -> float:
     """Sample standard deviation (0 for fewer than two values)."""
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _spread(rows: list[dict[str, Any]]) -> dict[str, float]:
