@@ -18,7 +18,12 @@ forward passes of each; the medians give
     achieved = t_masked / t_shrunk,  ideal = FLOPs_masked / FLOPs_shrunk,
     efficiency = achieved / ideal    target >= 0.70
 
-Run: .venv/bin/python benchmarks/shrink_speedup.py [--rounds 15 --reps 20 --threads 1] [--quick]
+Every case is measured `--repeats` times (default 3; the cases take turns, so the repeats are
+minutes apart); the repeat with the median fast-path efficiency is reported and judged, and all
+repeats' efficiencies are listed.
+
+Run: .venv/bin/python benchmarks/shrink_speedup.py [--rounds 15 --reps 20 --repeats 3
+     --threads 1] [--quick]
 Writes benchmarks/results/shrink_speedup.json.
 """
 
@@ -125,22 +130,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--reps", type=int, default=20, help="forward passes per timing (20)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
-    ap.add_argument("--quick", action="store_true", help="5 rounds of 5 reps (smoke test)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="independent measurements of every case, cases interleaved; the "
+                         "median one is reported and judged (3)")
+    ap.add_argument("--quick", action="store_true", help="1 repeat of 5 rounds of 5 reps")
     args = ap.parse_args(argv)
     if args.quick:
-        args.rounds, args.reps = 5, 5
+        args.rounds, args.reps, args.repeats = 5, 5, 1
+    if min(args.rounds, args.reps, args.repeats) < 1:
+        ap.error("--rounds, --reps and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
+    # each case is rebuilt and re-timed `repeats` times, the cases taking turns, because a
+    # case's efficiency moves by +-10 points between runs minutes apart (benchmarks/RESULTS.md)
+    measured = [[bench_case(name, keep, args.rounds, args.reps) for name, keep in CASES]
+                for _ in range(args.repeats)]
     rows = []
-    for name, keep in CASES:
-        row = bench_case(name, keep, args.rounds, args.reps)
+    for i, (name, _) in enumerate(CASES):
+        runs = sorted((m[i] for m in measured), key=lambda r: r["fast"]["efficiency"])
+        row = runs[len(runs) // 2]  # the median repeat by fast-path efficiency
+        row["repeat_efficiencies"] = {v: [m[i][v]["efficiency"] for m in measured]
+                                      for v in ("plain", "fast")}
         rows.append(row)
         for variant in ("plain", "fast"):
             t = row[variant]
+            spread = ", ".join(f"{e:.0%}" for e in row["repeat_efficiencies"][variant])
             print(f"{name:<14} keep {row['widths']:>8} {variant:<5}: masked "
                   f"{t['median_ms_masked']:6.2f} ms  shrunk {t['median_ms_shrunk']:6.2f} ms  "
                   f"achieved {t['achieved_speedup']:5.2f}x (paired {t['paired_speedup']:.2f}x)  "
-                  f"ideal {row['ideal_speedup']:5.2f}x  efficiency {t['efficiency']:5.0%}  "
-                  f"target >= {TARGET:.0%}  {verdict(t['pass'])}")
+                  f"ideal {row['ideal_speedup']:5.2f}x  efficiency {t['efficiency']:5.0%} "
+                  f"(repeats {spread})  target >= {TARGET:.0%}  {verdict(t['pass'])}")
         print(f"{'':<14} max |diff| {row['max_abs_output_difference']:.1e}; fast path: "
               f"masked {row['fast_path_choices']['masked']}, shrunk "
               f"{row['fast_path_choices']['shrunk']}")
@@ -149,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/shrink_speedup.py " + " ".join(sys.argv[1:]),
         "machine": machine_info(),
         "setup": {"batch_size": BATCH, "rounds": args.rounds, "reps": args.reps,
+                  "repeats": args.repeats, "reported": "the median repeat by fast-path efficiency",
                   "threads": args.threads, "mode": "inference, torch.no_grad, eval",
                   "units_kept": "random subset of each hidden layer (seed 0)"},
         "cases": rows,
