@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -486,13 +487,14 @@ def test_gaussian_prior_equals_the_autograd_expression_bit_for_bit():
     assert all(torch.equal(a, b) for a, b in zip(g, g_ref))
 
 
-def _reference_gate_penalty(method, gamma):
+def _reference_gate_penalty(method, gamma, pis=None):
     total = torch.zeros((), dtype=next(iter(method.gates.theta.values())).dtype)
-    for theta in method.gates.theta.values():
+    for name, theta in method.gates.theta.items():
+        pi = (pis or {}).get(name, method.pi)
         free = (theta.detach() > 0) & (theta.detach() < 1)
         safe = torch.where(free, theta, torch.full_like(theta, 0.5))
-        r = gate_regulariser(safe, method.pi, gamma)
-        fixed = gate_regulariser(theta.detach(), method.pi, gamma)
+        r = gate_regulariser(safe, pi, gamma)
+        fixed = gate_regulariser(theta.detach(), pi, gamma)
         total = total + torch.where(free, r, fixed).sum()
     return total
 
@@ -527,7 +529,7 @@ def test_gate_prior_equals_the_per_layer_expression_bit_for_bit(dtype, theta):
     ends = torch.tensor([0.0, 1.0], dtype=dtype)
     for gamma in (0.0, 1.0, 2.0, 20.0):
         assert torch.equal(gate_regulariser(ends, method.pi, gamma),
-                           torch.stack(method._fixed_costs(ends)))
+                           torch.stack(method._fixed_costs(ends, method.pi)))
 
 
 def _reference_update(method, step):
@@ -653,3 +655,29 @@ def test_reproduction_summary_reports_dense_seed_noise_next_to_the_spread():
     timing = next(c for c in _summarise(plan, rows, dense, True, 1.0, 100)["claims"]
                   if "wall time" in c["claim"])
     assert not timing["held"] and "vs dense 20.5s" in timing["measured"]
+
+
+def test_feature_pi_prices_the_input_feature_gates_on_their_own():
+    model = tiny_net()
+    method = attached(model, theta_init=0.5, gate_inputs=True, pi=0.2, feature_pi=0.45)
+    assert method.feature_sites == ["0"]
+    set_theta(method, {"0": [0.3, 1.0, 0.0, 0.7], **THETA})
+    method.step = 10
+    scale = method.penalty_scale * method.gate_cost_factor() / method._n()
+    got = method.penalty(model) - method._weight_prior(model) / method._n()
+    expected = _reference_gate_penalty(method, method.gamma, {"0": 0.45}) * scale
+    assert torch.allclose(got, expected, rtol=1e-12)
+    same_pi = _reference_gate_penalty(method, method.gamma) * scale
+    assert not torch.allclose(got, same_pi)  # the features' cost did change
+    # a kept feature costs log((1 - pi) / pi) more than a removed one
+    r0, r1 = method._fixed_costs(torch.zeros(()), 0.45)
+    assert float(r1 - r0) == pytest.approx(math.log(0.55 / 0.45))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"feature_pi": 0.3}, "needs gate_inputs=True"),
+    ({"feature_pi": 1.0, "gate_inputs": True}, "feature_pi"),
+])
+def test_feature_pi_refuses_bad_settings(options, message):
+    with pytest.raises(ConfigError, match=message):
+        BernoulliGating(**options)

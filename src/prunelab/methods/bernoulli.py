@@ -93,6 +93,10 @@ structured baselines count them (L0-sep 266-88-33 counts 266 input pixels). shri
 layer units, not input features, so removed features are held at xi = 0 during training and
 their columns of the Linear they feed are zeroed in the final network (not physically removed:
 count its parameters/FLOPs by nonzero weights); features of a removed filter leave with it.
+`feature_pi` (default None: `pi`) gives the feature gates a prior of their own: a larger pi
+lowers the cost of a kept feature, log((1 - pi)/pi), and leaves the flattening force
+(penalty_scale (gamma - 1) log(theta/(1 - theta))) as it is, which lowering penalty_scale
+would weaken; the unstable point theta* = 1 - feature_pi should stay above `theta_init`.
 
 Cost per step (all bit-identical to the plain expressions, see tests/test_bernoulli.py):
 gates are drawn as torch.rand(...) < theta on the CPU (the same draws as torch.bernoulli, a
@@ -213,6 +217,7 @@ class BernoulliGating(PruningMethod):
     finalize: bool = True
     records_per_epoch: int = 4
     gate_inputs: bool = False
+    feature_pi: float | None = None
     shrink_every: int = 50
     warmup: float = 0.0
     penalty_ramp: float = 0.0
@@ -231,6 +236,12 @@ class BernoulliGating(PruningMethod):
         check_range("threshold", self.threshold, 0.0, 0.5, low_inclusive=False,
                     high_inclusive=False)
         check_range("pi", self.pi, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        if self.feature_pi is not None:
+            check_range("feature_pi", self.feature_pi, 0.0, 1.0, low_inclusive=False,
+                        high_inclusive=False)
+            if not self.gate_inputs:
+                raise ConfigError("feature_pi is the prior of the input-feature gates: it needs "
+                                  "gate_inputs=True")
         check_range("gamma", self.gamma, 0.0)
         check_range("penalty_scale", self.penalty_scale, 0.0)
         check_range("prior_sigma", self.prior_sigma, 0.0, low_inclusive=False)
@@ -410,28 +421,44 @@ class BernoulliGating(PruningMethod):
         if factor == 0.0:  # warm-up: weights + 0 * R(theta) is weights, theta is frozen
             return weights
         total = weights.new_zeros(())
-        # all layers' thetas in one vector (elementwise the same arithmetic, fewer small ops);
-        # fixed gates (theta in {0, 1}) add R(0) or R(1) and no gradient
-        thetas = list(self.gates.theta.values())
+        for thetas, pi in self._prior_groups():
+            total = self._gate_prior_sum(total, thetas, pi)
+        return weights + total * (self.penalty_scale * factor / self._n())
+
+    def _prior_groups(self) -> list[tuple[list[torch.Tensor], float]]:
+        """The gates' thetas grouped by their prior's pi: one group, unless `feature_pi` gives
+        the input-feature gates a pi of their own."""
+        if self.feature_pi is None or not self.feature_sites:
+            return [(list(self.gates.theta.values()), self.pi)]
+        sites = set(self.feature_sites)
+        units = [t for n, t in self.gates.theta.items() if n not in sites]
+        features = [t for n, t in self.gates.theta.items() if n in sites]
+        return [(g, pi) for g, pi in ((units, self.pi), (features, self.feature_pi)) if g]
+
+    def _gate_prior_sum(self, total: torch.Tensor, thetas: list[torch.Tensor],
+                        pi: float) -> torch.Tensor:
+        """`total` plus sum_j R(theta_j) over `thetas`, all of them as one vector (elementwise
+        the same arithmetic as per layer, fewer small ops); fixed gates (theta in {0, 1}) add
+        R(0) or R(1) and no gradient."""
         raw = torch.cat(thetas) if len(thetas) > 1 else thetas[0]
         value = raw.detach()
         free = (value > 0) & (value < 1)
-        r0, r1 = self._fixed_costs(value)
+        r0, r1 = self._fixed_costs(value, pi)
         per_gate = torch.where(value > 0, r1, r0)
         if bool(free.any()):  # else every gate is decided: the same value, no gradient
-            r = gate_regulariser(torch.where(free, raw, 0.5), self.pi, self.gamma_at())
+            r = gate_regulariser(torch.where(free, raw, 0.5), pi, self.gamma_at())
             per_gate = torch.where(free, r, per_gate)
         for part in per_gate.split([t.numel() for t in thetas]):
             total = total + part.sum()
-        return weights + total * (self.penalty_scale * factor / self._n())
+        return total
 
-    def _fixed_costs(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """R(0) and R(1) as 0-dim tensors like `like` (cached): at theta in {0, 1} the entropy
-        terms are exactly zero, so they do not depend on gamma."""
-        key = (like.dtype, like.device)
+    def _fixed_costs(self, like: torch.Tensor, pi: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """R(0) and R(1) for prior `pi` as 0-dim tensors like `like` (cached): at theta in
+        {0, 1} the entropy terms are exactly zero, so they do not depend on gamma."""
+        key = (like.dtype, like.device, pi)
         cache = self._fixed_cost_cache
         if key not in cache:
-            ends = gate_regulariser(like.new_tensor([0.0, 1.0]), self.pi, self.gamma)
+            ends = gate_regulariser(like.new_tensor([0.0, 1.0]), pi, self.gamma)
             cache[key] = (ends[0], ends[1])
         return cache[key]
 
