@@ -35,7 +35,7 @@ from prunelab.errors import PrunelabError
 from prunelab.experiments.bernoulli import METHOD_OPTIONS, QUICK_OPTIONS, build
 from prunelab.methods.base import PruningMethod
 from prunelab.methods.bernoulli import BernoulliGating
-from prunelab.train import Trainer
+from prunelab.train import Trainer, preload_optimizers
 
 NAME = "bernoulli_training_time"
 
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{NAME}: {exc}", file=sys.stderr)
         return 2
     options = QUICK_OPTIONS if args.subset else METHOD_OPTIONS
+    preload_optimizers()  # else round 1's first run pays torch's one-time imports (~1 s)
     times: dict[str, list[float]] = {"dense": [], "bernoulli": []}
     errors: dict[str, float] = {}
     summary = {}
