@@ -681,3 +681,13 @@ def test_feature_pi_prices_the_input_feature_gates_on_their_own():
 def test_feature_pi_refuses_bad_settings(options, message):
     with pytest.raises(ConfigError, match=message):
         BernoulliGating(**options)
+
+
+def test_reproduction_interleaves_dense_and_x1_runs_of_the_same_seed():
+    from prunelab.experiments.bernoulli import _schedule
+
+    order = _schedule([0, 1, 2], [(1, 0), (1, 1), (2, 0), (4, 0), (1, 3)])
+    assert order == [("dense", 1, 0), ("bernoulli", 1, 0),
+                     ("bernoulli", 1, 1), ("dense", 1, 1),
+                     ("dense", 1, 2),
+                     ("bernoulli", 2, 0), ("bernoulli", 4, 0), ("bernoulli", 1, 3)]
