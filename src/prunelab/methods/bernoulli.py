@@ -467,14 +467,17 @@ class BernoulliGating(PruningMethod):
 
     def _hook_prior_gradient(self, optimizer: torch.optim.Optimizer) -> None:
         """Add the Gaussian prior's gradient w / (sigma^2 N) to every Linear/Conv2d weight's
-        gradient just before each `optimizer.step()`."""
+        gradient just before each `optimizer.step()`. The weights are those of the model this
+        optimizer trains (`ctx.model` now): shrinking builds a new model and optimizer and
+        hooks it again, so the list is read once here, not walked every step."""
         if not self._prior_by_gradient():
             return
+        weights = _prior_weights(self.ctx.model)
 
         def add_prior_gradient(_opt, _args, _kwargs) -> None:
             scale = 1.0 / (self.prior_sigma * self.prior_sigma * self._n())
             with torch.no_grad():
-                for w in _prior_weights(self.ctx.model):
+                for w in weights:
                     if w.grad is not None:
                         w.grad.add_(w, alpha=scale)
 
