@@ -10,7 +10,8 @@ timed twice, as two pairs:
 - "fast path": each of the two passed separately through
   `prunelab.inference.optimize_for_inference`, which picks per layer the faster of equivalent
   implementations on that model's own activations (strided-maximum pooling or max_pool2d;
-  oneDNN or native convolution), so both sides get their best configuration.
+  oneDNN or native convolution; conv -> ReLU -> max-pool fused into one packed convolution,
+  `PackedConvPool2d`), so both sides get their best configuration.
 In each pair the masked and the shrunk model run side by side in one process on the same
 batch: after a warm-up, `--rounds` interleaved rounds (order alternating) each time `--reps`
 forward passes of each; the medians give

@@ -8,7 +8,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunelab.inference import BackendConv2d, StridedMaxPool2d, optimize_for_inference
+from prunelab.inference import (
+    BackendConv2d,
+    PackedConvPool2d,
+    StridedMaxPool2d,
+    optimize_for_inference,
+)
 from prunelab.masks import apply_masks, unit_masks_to_weight_masks
 from prunelab.models import build_model
 from prunelab.shrink import shrink, unit_layers
@@ -85,7 +90,7 @@ def test_optimize_for_inference_keeps_outputs_and_original(name):
     x = torch.randn(16, 1, 28, 28)
     for model in (masked, small):
         types_before = [type(m) for m in model.modules()]
-        fast, choices = optimize_for_inference(model, x, repeats=1)
+        fast, choices = optimize_for_inference(model, x, repeats=1, fuse_conv_pool=False)
         assert [type(m) for m in model.modules()] == types_before
         with torch.no_grad():
             assert torch.allclose(fast(x), model(x), atol=1e-5)
@@ -111,3 +116,113 @@ def test_optimized_model_still_trains_like_the_original():
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def _chain(conv, act, pool, x):
+    y = conv(x)
+    return pool(y if act is None else act(y))
+
+
+@pytest.mark.parametrize("pool_kernel,packing", [
+    (2, (1, 1)), (2, (1, 2)), (2, (2, 1)), (2, (2, 2)),
+    (3, (3, 1)), (3, (1, 3)), (3, (3, 3)), ((2, 3), (2, 3))])
+@pytest.mark.parametrize("use_onednn", [True, False])
+def test_packed_conv_pool_equals_the_chain(pool_kernel, packing, use_onednn):
+    torch.manual_seed(0)
+    # odd map sizes, so floor-mode pooling drops rows and columns
+    x = torch.randn(5, 3, 15, 16)
+    for conv, act in ((nn.Conv2d(3, 7, 3), nn.ReLU()),
+                      (nn.Conv2d(3, 4, (3, 2), padding=1, bias=False), None),
+                      (nn.Conv2d(3, 5, 5, padding=(2, 1)), nn.LeakyReLU(0.1))):
+        pool = nn.MaxPool2d(pool_kernel)
+        fused = PackedConvPool2d.from_chain(conv, act, pool, packing, use_onednn)
+        assert fused.weight is conv.weight
+        with torch.no_grad():
+            ref = _chain(conv, act, pool, x)
+            out = fused(x)
+        assert out.shape == ref.shape
+        assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_packed_conv_pool_trains_through_the_original_chain():
+    conv, act, pool = nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2)
+    fused = PackedConvPool2d.from_chain(conv, act, pool, (2, 2), True)
+    x = torch.randn(4, 2, 10, 10, requires_grad=True)
+    g_fused = torch.autograd.grad(fused(x).sum(), [x, conv.weight, conv.bias])
+    g_ref = torch.autograd.grad(_chain(conv, act, pool, x).sum(), [x, conv.weight, conv.bias])
+    for a, b in zip(g_fused, g_ref):
+        assert torch.equal(a, b)
+    with torch.no_grad():  # forward-mode through the packed path
+        t = torch.randn_like(x)
+        out, tangent = torch.func.jvp(fused, (x.detach(),), (t,))
+        ref_out, ref_tangent = torch.func.jvp(lambda v: _chain(conv, act, pool, v),
+                                              (x.detach(),), (t,))
+    assert torch.allclose(out, ref_out, atol=1e-5)
+    assert torch.allclose(tangent, ref_tangent, atol=1e-5)
+
+
+def test_packed_weight_follows_changes_to_the_conv():
+    conv, pool = nn.Conv2d(2, 3, 3), nn.MaxPool2d(2)
+    fused = PackedConvPool2d.from_chain(conv, nn.ReLU(), pool, (2, 2), True)
+    x = torch.randn(4, 2, 10, 10)
+    with torch.no_grad():
+        fused(x)
+        conv.weight.mul_(-0.5)
+        conv.bias.add_(1.0)
+        assert torch.allclose(fused(x), _chain(conv, nn.ReLU(), pool, x), atol=1e-6)
+        conv.weight = nn.Parameter(torch.randn_like(conv.weight))  # replaced, not edited
+        fused.weight = conv.weight
+        assert torch.allclose(fused(x), _chain(conv, nn.ReLU(), pool, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("conv,act,pool", [
+    (nn.Conv2d(2, 3, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2)),
+    (nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.MaxPool2d(2)),
+    (nn.Conv2d(2, 3, 3), nn.SiLU(), nn.MaxPool2d(2)),  # not monotone
+    (nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(3, stride=2)),  # overlapping windows
+    (nn.Conv2d(2, 3, 3, padding_mode="reflect", padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+])
+def test_packed_conv_pool_refuses_chains_it_cannot_fuse(conv, act, pool):
+    assert not PackedConvPool2d.supports(conv, act, pool)
+    with pytest.raises(ValueError, match="cannot be fused"):
+        PackedConvPool2d.from_chain(conv, act, pool, (1, 1), True)
+
+
+def test_packing_must_divide_the_pooling_window():
+    with pytest.raises(ValueError, match="does not divide"):
+        PackedConvPool2d.from_chain(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), (3, 1), True)
+
+
+@pytest.mark.parametrize("name", ["conv-small", "lenet5"])
+def test_fused_optimization_keeps_outputs_and_parameter_names(name):
+    masked, small = _masked_and_shrunk(name, 0.5)
+    x = torch.randn(16, 1, 28, 28)
+    for model in (masked, small):
+        fast, choices = optimize_for_inference(model, x, repeats=1)
+        with torch.no_grad():
+            assert torch.allclose(fast(x), model(x), atol=1e-5)
+        assert list(fast.state_dict()) == list(model.state_dict())
+        for n, m in fast.named_children():
+            if isinstance(m, PackedConvPool2d):
+                assert choices[n].startswith("fused conv+activation+pool")
+                # the ReLU and the pool that follow it are now identities
+                assert isinstance(fast[int(n) + 1], nn.Identity)
+                assert isinstance(fast[int(n) + 2], nn.Identity)
+        # whatever was chosen, conv -> ReLU -> pool is fused or tuned layer by layer
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        for n in convs:
+            assert isinstance(fast.get_submodule(n), (BackendConv2d, PackedConvPool2d))
+
+
+def test_fused_candidates_are_all_exact_on_conv_small():
+    """Force every packing on conv-small (timing picks one; all must agree)."""
+    masked, small = _masked_and_shrunk("conv-small", 0.5)
+    x = torch.randn(8, 1, 28, 28)
+    for model in (masked, small):
+        for packing in ((1, 1), (1, 2), (2, 1), (2, 2)):
+            fused = nn.Sequential(*[
+                PackedConvPool2d.from_chain(m, model[i + 1], model[i + 2], packing, True)
+                if isinstance(m, nn.Conv2d) else
+                (nn.Identity() if i in (1, 2, 4, 5) else m) for i, m in enumerate(model)])
+            with torch.no_grad():
+                assert torch.allclose(fused(x), model(x), atol=1e-5)
