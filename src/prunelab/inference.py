@@ -58,6 +58,13 @@ def _retyped(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
     return new
 
 
+def _non_overlapping(pool: nn.MaxPool2d) -> bool:
+    """Windows that tile the map: kernel == stride, no padding or dilation, floor mode."""
+    k, s = _pair(pool.kernel_size), _pair(pool.stride if pool.stride else pool.kernel_size)
+    return (k == s and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)
+            and not pool.ceil_mode and not pool.return_indices)
+
+
 class StridedMaxPool2d(nn.MaxPool2d):
     """MaxPool2d that, outside autograd and for non-overlapping windows (kernel == stride, no
     padding or dilation, floor mode), takes the maximum of the kernel's strided sub-grids."""
@@ -69,9 +76,7 @@ class StridedMaxPool2d(nn.MaxPool2d):
 
     def fast_path_applies(self) -> bool:
         """Whether this layer's settings allow the strided computation."""
-        k, s = _pair(self.kernel_size), _pair(self.stride if self.stride else self.kernel_size)
-        return (k == s and _pair(self.padding) == (0, 0) and _pair(self.dilation) == (1, 1)
-                and not self.ceil_mode and not self.return_indices)
+        return _non_overlapping(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if torch.is_grad_enabled() or x.dim() != 4 or not self.fast_path_applies():
@@ -155,7 +160,7 @@ class PackedConvPool2d(nn.Conv2d):
         return (_pair(conv.stride) == (1, 1) and _pair(conv.dilation) == (1, 1)
                 and conv.groups == 1 and conv.padding_mode == "zeros"
                 and not isinstance(conv.padding, str) and _monotone(activation)
-                and StridedMaxPool2d.from_pool(pool).fast_path_applies())
+                and _non_overlapping(pool))
 
     @classmethod
     def from_chain(cls, conv: nn.Conv2d, activation: nn.Module | None, pool: nn.MaxPool2d,
