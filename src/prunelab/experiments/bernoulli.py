@@ -187,15 +187,19 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _error_stats(errs: list[float]) -> dict[str, float]:
+    """Mean, spread (max - min) and SD of test errors in percent."""
+    return {"error_mean_pct": sum(errs) / len(errs), "error_spread_pts": max(errs) - min(errs),
+            "error_std_pts": _std(errs)}
+
+
 def _spread(rows: list[dict[str, Any]]) -> dict[str, float]:
     units = [r["units"] for r in rows]
-    errs = [r["test_error_pct"] for r in rows]
     mean = sum(units) / len(units)
     std = _std(units)
     return {"runs": len(rows), "units_mean": mean, "units_std": std,
             "units_cv": std / mean if mean else float("nan"),
-            "error_mean_pct": sum(errs) / len(errs),
-            "error_spread_pts": max(errs) - min(errs), "error_std_pts": _std(errs)}
+            **_error_stats([r["test_error_pct"] for r in rows])}
 
 
 def _dense_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -204,9 +208,7 @@ def _dense_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
     read, and the wall-time reference for the x1 runs of the same seeds."""
     errs = [r["test_error_pct"] for r in runs]
     return {**runs[0], "seeds": [r["seed"] for r in runs], "seed_errors_pct": errs,
-            "seed_seconds": [r["seconds"] for r in runs],
-            "error_mean_pct": sum(errs) / len(errs), "error_spread_pts": max(errs) - min(errs),
-            "error_std_pts": _std(errs)}
+            "seed_seconds": [r["seconds"] for r in runs], **_error_stats(errs)}
 
 
 def _schedule(dense_seeds: list[int], runs: list[tuple[int, int]]
