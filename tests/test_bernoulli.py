@@ -532,6 +532,65 @@ def test_gate_prior_equals_the_per_layer_expression_bit_for_bit(dtype, theta):
                            torch.stack(method._fixed_costs(ends, method.pi)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gate_prior_gradient_is_autograds_bit_for_bit_on_many_gates(dtype):
+    """gate_prior_gradient against autograd through the plain expression, on 40,000 random
+    gates (fixed ones included), for several pi, gamma and loss scales."""
+    from prunelab.methods.bernoulli import gate_prior_gradient
+
+    gen = torch.Generator().manual_seed(0)
+    base = [torch.rand(n, generator=gen, dtype=dtype) for n in (30000, 9000, 1000)]
+    base[0][:500], base[1][:300], base[2][:] = 1.0, 0.0, 1.0  # the last layer all decided
+    for pi, gamma, scale in [(0.2, 2.0, 30 / 60000), (0.05, 7.123, 1.0), (0.3, 20.0, 0.37),
+                             (0.5, 1.0, 3.0), (0.2, 0.0, 1e-4)]:
+        ends = gate_regulariser(torch.tensor([0.0, 1.0], dtype=dtype), pi, gamma)
+        thetas = [b.clone().requires_grad_(True) for b in base]
+        raw = torch.cat(thetas)
+        value = raw.detach()
+        free = (value > 0) & (value < 1)
+        r = gate_regulariser(torch.where(free, raw, 0.5), pi, gamma)
+        per_gate = torch.where(free, r, torch.where(value > 0, ends[1], ends[0]))
+        total = torch.zeros((), dtype=dtype)
+        for part in per_gate.split([t.numel() for t in thetas]):
+            total = total + part.sum()
+        (torch.zeros((), dtype=dtype) + total * scale).backward()
+        got = gate_prior_gradient(value, free, pi, gamma, scale)
+        assert torch.equal(got, torch.cat([t.grad for t in thetas]))
+        assert not got[-1000:].any()  # decided gates get no gradient from the prior
+
+
+@pytest.mark.parametrize("feature_pi", [None, 0.3])
+@pytest.mark.parametrize("theta", [{"1": [0.3, 1.0, 0.0], "3": [0.55, 1.0]},
+                                   {"1": [0.3, 0.7, 0.0], "3": [1.0, 1.0]},
+                                   {"1": [1.0, 1.0, 0.0], "3": [0.0, 1.0]}])
+def test_gate_prior_as_gradient_updates_theta_like_the_prior_in_the_loss(feature_pi, theta):
+    """gate_prior_as="gradient" moves theta exactly as the gate prior differentiated in the
+    loss does (straight-through estimator), inside the gamma ramp, with input gates of their
+    own pi; penalty() then leaves the gate prior out."""
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    after = []
+    for mode in ("loss", "gradient"):
+        torch.manual_seed(0)
+        model = tiny_net(torch.float32)
+        method = attached(model, theta_init=0.5, gamma=2.0, gamma_final=7.0, gamma_ramp=0.5,
+                          shrink=False, gate_inputs=feature_pi is not None,
+                          feature_pi=feature_pi, gate_prior_as=mode, lr_theta=0.7)
+        set_theta(method, theta)
+        before = {n: t.detach().clone() for n, t in method.gates.theta.items()}
+        method.step = 39
+        torch.manual_seed(1)
+        loss = method.batch_loss(model, x, y, F.cross_entropy) + method.penalty(model)
+        loss.backward()
+        if mode == "gradient":
+            assert torch.equal(method.penalty(model), method._weight_prior(model) / method._n())
+        method.after_step(40)
+        after.append({n: t.detach().clone() for n, t in method.gates.theta.items()})
+    assert after[0].keys() == after[1].keys()
+    assert all(torch.equal(after[0][n], after[1][n]) for n in after[0])
+    free = any(((t > 0) & (t < 1)).any() for t in before.values())
+    assert free == any(not torch.equal(after[1][n], before[n]) for n in before)
+
+
 def _reference_update(method, step):
     """The per-layer projected update of theta, as written before it was batched."""
     out = {}
