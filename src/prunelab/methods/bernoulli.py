@@ -111,7 +111,8 @@ gates are drawn as torch.rand(...) < theta on the CPU (the same draws as torch.b
 third of its cost); while theta is frozen no gradient path to it is built and the gate prior
 (weight 0) is skipped; the Gaussian weight prior is one autograd Function (one product per
 weight in backward); the gate prior and the theta update run on all layers' thetas at once,
-and skip the stochastic part once every gate is decided.
+and skip the stochastic part once every gate is decided; with gate_prior_as="gradient" the
+gate prior needs no graph at all (above).
 
 End of training (`finalize`, default on): gates still stochastic are rounded (theta >= 0.5 ->
 1; their number is reported as `undecided_at_end`, with the largest min(theta, 1 - theta)),
