@@ -485,17 +485,14 @@ class BernoulliGating(PruningMethod):
             return {}
         scale = self.penalty_scale * factor / self._n()
         gamma = self.gamma_at(step - 1)
-        thetas = self.gates.theta
-        sizes = {n: t.numel() for n, t in thetas.items()}
-        offsets, at = {}, 0
-        for n, k in sizes.items():
-            offsets[n], at = at, at + k
+        sizes = {n: t.numel() for n, t in self.gates.theta.items()}
         out: dict[str, torch.Tensor] = {}
         for names, pi in self._prior_groups():
-            if len(names) == len(thetas):
+            if len(names) == len(sizes):
                 value, mask = flat, free
-            else:
-                value = torch.cat([flat[offsets[n]: offsets[n] + sizes[n]] for n in names])
+            else:  # feature_pi: the group's layers out of the concatenation
+                parts = dict(zip(sizes, flat.split(list(sizes.values()))))
+                value = torch.cat([parts[n] for n in names])
                 mask = (value > 0) & (value < 1)
             if not bool(mask.any()):
                 continue
