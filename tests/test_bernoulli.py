@@ -333,11 +333,28 @@ def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
     from prunelab.experiments.bernoulli import default_plan, run
 
     res = run(tmp_path / "out", quick=True, progress=False, log=lambda s: None)
-    assert (tmp_path / "out" / "report.md").exists()
+    assert "| Bernoulli, all |" in (tmp_path / "out" / "report.md").read_text()
     assert (tmp_path / "out" / "figures" / "theta_trajectories.png").exists()
     planned = default_plan(True)["runs"]
     assert len(res["runs"]) == len(planned)
     assert all(r["units"] < 400 * factor for r, (factor, _) in zip(res["runs"], planned))
+
+
+def test_report_robustness_table_groups_runs_by_start_width():
+    from prunelab.experiments.bernoulli import _dense_reference, _robustness_rows
+
+    runs = [{"width": w, "units": u, "test_error_pct": e}
+            for w, u, e in [("x1", 100, 2.0), ("x1", 110, 1.9), ("x4", 90, 2.3),
+                            ("x2", 105, 1.8), ("x4", 95, 2.1)]]
+    dense = _dense_reference([{"seed": s, "test_error_pct": e, "seconds": 1.0}
+                              for s, e in [(0, 1.5), (1, 1.7)]])
+    rows = _robustness_rows(runs, dense)
+    assert [r["runs"] for r in rows] == ["Bernoulli x1", "Bernoulli x2", "Bernoulli x4",
+                                         "Bernoulli, all", "dense x1 (start network)"]
+    assert [r["n"] for r in rows] == [2, 1, 2, 5, 2]
+    assert rows[0]["units mean"] == "105.0" and rows[2]["error min-max %"] == "2.10-2.30"
+    assert rows[3]["error spread pts"] == "0.50" and rows[3]["error min-max %"] == "1.80-2.30"
+    assert rows[4]["units mean"] == "-" and rows[4]["error spread pts"] == "0.20"
 
 
 def test_input_feature_gates_follow_shrinking_and_finalize(tiny_cnn):

@@ -371,6 +371,29 @@ def _summarise(plan, rows, dense, quick, seconds, n_train) -> dict[str, Any]:
             "claims": claims, "seconds": seconds}
 
 
+def _robustness_rows(rows: list[dict[str, Any]], dense: dict[str, Any]) -> list[dict]:
+    """The report's robustness table: per starting width, all runs together (the study's
+    claim), and the dense recipe's seeds for reference."""
+    def row(label: str, stats: dict[str, float], errs: list[float]) -> dict[str, Any]:
+        units = stats.get("units_mean")
+        return {"runs": label, "n": len(errs),
+                "units mean": "-" if units is None else f"{units:.1f}",
+                "units CV %": "-" if units is None else f"{100 * stats['units_cv']:.1f}",
+                "error mean %": f"{stats['error_mean_pct']:.2f}",
+                "error min-max %": f"{min(errs):.2f}-{max(errs):.2f}",
+                "error spread pts": f"{stats['error_spread_pts']:.2f}",
+                "error SD pts": f"{stats['error_std_pts']:.3f}"}
+
+    out = []
+    widths = sorted({r["width"] for r in rows}, key=lambda w: int(w.lstrip("x")))
+    groups = [(f"Bernoulli {w}", [r for r in rows if r["width"] == w]) for w in widths]
+    groups.append(("Bernoulli, all", rows))
+    for label, group in groups:
+        out.append(row(label, _spread(group), [r["test_error_pct"] for r in group]))
+    out.append(row("dense x1 (start network)", dense, dense["seed_errors_pct"]))
+    return out
+
+
 def _report(res: dict[str, Any]) -> str:
     lines = ["# Bernoulli-gate variational pruning (Guenter & Sideris) on MNIST", ""]
     mode = ("quick (10,000-example subset, fewer seeds and widths)" if res["quick"]
@@ -395,7 +418,11 @@ def _report(res: dict[str, Any]) -> str:
                   f"{', '.join(f'{e:.2f}%' for e in m['dense']['seed_errors_pct'])} (spread "
                   f"{m['dense']['error_spread_pts']:.2f}, SD {m['dense']['error_std_pts']:.2f} "
                   "points).", "",
-                  f"Spread: `{m['spread']}`; dense x1: `{m['dense']}`"]
+                  "Robustness (units: gated hidden units; spread = max - min test error):", "",
+                  markdown_table(_robustness_rows([r for r in res["runs"]
+                                                   if r["model"] == kind], m["dense"]),
+                                 ["runs", "n", "units mean", "units CV %", "error mean %",
+                                  "error min-max %", "error spread pts", "error SD pts"])]
     lines += ["", "Figures: `figures/theta_trajectories.png` (theta of every unit of the x1 "
               "seed-0 run), `figures/units_vs_start_width.png`.", ""]
     return "\n".join(lines)
