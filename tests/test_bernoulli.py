@@ -340,6 +340,14 @@ def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
     assert all(r["units"] < 400 * factor for r, (factor, _) in zip(res["runs"], planned))
 
 
+def test_reproduction_refuses_a_plan_without_x1_runs_before_training(tmp_path):
+    from prunelab.experiments.bernoulli import run
+
+    with pytest.raises(ConfigError, match="no x1 run"):
+        run(tmp_path / "out", plan={"runs": [(4, 5), (2, 0)]}, log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_robustness_table_groups_runs_by_start_width():
     from prunelab.experiments.bernoulli import _dense_reference, _robustness_rows
 

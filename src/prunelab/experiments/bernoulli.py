@@ -36,6 +36,7 @@ from torch import nn
 from prunelab import atomic
 from prunelab.config import TrainConfig
 from prunelab.data import load_dataset
+from prunelab.errors import ConfigError
 from prunelab.masks import sparsity_report
 from prunelab.methods.base import PruningMethod
 from prunelab.methods.bernoulli import BernoulliGating
@@ -235,6 +236,12 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     (`plan` overrides parts of `default_plan(quick)`, e.g. fewer runs); single-threaded, the
     thread count restored after."""
     plan = {**default_plan(quick), **(plan or {})}
+    if not any(int(factor) == 1 for factor, _ in plan["runs"]):
+        # refused before any training: the claims, the comparison with the published
+        # baselines and the wall-time check all read the x1 (start network) runs
+        raise ConfigError(f"the plan's runs {plan['runs']} have no x1 run (width factor 1); "
+                          "the study compares the x1 networks with the published baselines "
+                          "and with dense training: add at least one (1, seed) run")
     device = os.environ.get("PRUNELAB_DEVICE", "cpu")
     data_dir = os.environ.get("PRUNELAB_DATA")
     opts = {"n_train": plan["n_train"]} if plan["n_train"] else {}
