@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
-from benchcommon import machine_info, median, write_results
+from benchcommon import alternating_us, machine_info, median, write_results
 
 NAME = "batch_gather"
 
@@ -44,14 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     for idx in batches[:50]:
         a, b = ways["indexing"](idx), ways["index_select"](idx)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    times: dict[str, list[float]] = {k: [] for k in ways}
-    for r in range(args.rounds):
-        for name in (list(ways) if r % 2 == 0 else list(reversed(ways))):
-            gather = ways[name]
-            start = time.perf_counter()
-            for idx in batches:
-                gather(idx)
-            times[name].append((time.perf_counter() - start) / len(batches) * 1e6)
+    def every_batch(gather):
+        return lambda: [gather(idx) for idx in batches]
+
+    passes = alternating_us({k: every_batch(g) for k, g in ways.items()}, args.rounds, 1)
+    times = {k: [t / len(batches) for t in ts] for k, ts in passes.items()}
     med = {k: median(v) for k, v in times.items()}
     ratio = med["index_select"] / med["indexing"]
     for name, ts in times.items():

@@ -8,6 +8,8 @@ import os
 import platform
 import statistics
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,22 @@ def write_results(name: str, payload: dict[str, Any], path: str | Path | None = 
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+def alternating_us(ways: dict[str, Callable[[], Any]], rounds: int, calls: int,
+                   warmup: int = 0) -> dict[str, list[float]]:
+    """Microseconds per call of each of `ways`, one figure per round: `calls` timed calls
+    after `warmup` untimed ones, the ways taking turns in an order that reverses every round
+    (so a slow spell of the machine hits each alike)."""
+    names = list(ways)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            fn = ways[name]
+            for _ in range(warmup):
+                fn()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls * 1e6)
+    return times

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
-from benchcommon import machine_info, median, write_results
+from benchcommon import alternating_us, machine_info, median, write_results
 
 from prunelab.experiments.bernoulli import METHOD_OPTIONS, build
 from prunelab.methods.base import TrainContext
@@ -61,17 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     steps = {mode: make_step(mode, args.width) for mode in ("loss", "gradient")}
-    times: dict[str, list[float]] = {mode: [] for mode in steps}
-    for r in range(args.rounds):
-        order = list(steps) if r % 2 == 0 else list(reversed(steps))
-        for mode in order:
-            one = steps[mode]
-            for _ in range(100):
-                one()
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                one()
-            times[mode].append((time.perf_counter() - start) / args.steps * 1e6)
+    times = alternating_us(steps, args.rounds, args.steps, warmup=100)
     med = {k: median(v) for k, v in times.items()}
     ratio = med["gradient"] / med["loss"]
     for mode, ts in times.items():
