@@ -69,18 +69,19 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def alternating_us(ways: dict[str, Callable[[], Any]], rounds: int, calls: int,
-                   warmup: int = 0) -> dict[str, list[float]]:
-    """Microseconds per call of each of `ways`, one figure per round: `calls` timed calls
-    after `warmup` untimed ones, the ways taking turns in an order that reverses every round
-    (so a slow spell of the machine hits each alike)."""
+def alternating_us(ways: dict[Any, Callable[[], Any]], rounds: int, calls: int,
+                   warmup: int = 0) -> dict[Any, list[float]]:
+    """Microseconds per call of each of `ways`, one figure per round: `calls` timed calls, the
+    ways taking turns in an order that reverses every round (so a slow spell of the machine
+    hits each alike), after `warmup` untimed calls of each before the first round."""
     names = list(ways)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        for _ in range(warmup):
+            ways[name]()
+    times: dict[Any, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
             fn = ways[name]
-            for _ in range(warmup):
-                fn()
             start = time.perf_counter()
             for _ in range(calls):
                 fn()

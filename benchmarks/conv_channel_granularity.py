@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 
 import torch
-from benchcommon import machine_info, median, write_results
+from benchcommon import alternating_us, machine_info, median, write_results
 from torch import nn
 
 from prunelab.inference import BackendConv2d
@@ -48,13 +47,6 @@ def _cpu_flags() -> list[str]:
     return []
 
 
-def _time(fn: Callable[[], object], reps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - start) / reps
-
-
 def _conv(x: torch.Tensor, cout: int, onednn: bool) -> Callable[[], object]:
     conv = BackendConv2d.from_conv(nn.Conv2d(x.shape[1], cout, KERNEL, bias=False), onednn)
     return lambda: conv(x)
@@ -76,12 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(BATCH, ci, SIDE, SIDE, generator=gen)
         for backend in ("oneDNN", "native"):
             calls[ci, co, backend] = _conv(x, co, backend == "oneDNN")
-    times: dict[tuple[int, int, str], list[float]] = {k: [] for k in calls}
-    for fn in calls.values():
-        _time(fn, 3)
-    for r in range(args.rounds):
-        for key in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
-            times[key].append(_time(calls[key], args.reps))
+    times = {key: [us * 1e-6 for us in ts]  # seconds per call
+             for key, ts in alternating_us(calls, args.rounds, args.reps, warmup=3).items()}
     out = (SIDE - KERNEL + 1) ** 2
 
     def flops(ci: int, co: int) -> float:
