@@ -17,7 +17,7 @@ import argparse
 import sys
 
 import torch
-from benchcommon import alternating_us, machine_info, median, write_results
+from benchcommon import alternating_us, report_ratio
 
 NAME = "batch_gather"
 
@@ -46,18 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     def every_batch(gather):
         return lambda: [gather(idx) for idx in batches]
 
-    passes = alternating_us({k: every_batch(g) for k, g in ways.items()}, args.rounds, 1)
+    passes = alternating_us({k: every_batch(g) for k, g in ways.items()}, args.rounds, 1,
+                            warmup=1)  # one untimed pass each: the first pays first touches
     times = {k: [t / len(batches) for t in ts] for k, ts in passes.items()}
-    med = {k: median(v) for k, v in times.items()}
-    ratio = med["index_select"] / med["indexing"]
-    for name, ts in times.items():
-        print(f"{name:12s} us per batch: {', '.join(f'{t:.0f}' for t in ts)}  "
-              f"median {med[name]:.0f}")
-    print(f"index_select / indexing: {ratio:.2f}")
-    path = write_results(NAME, {"machine": machine_info(), "settings": vars(args),
-                                "us_per_batch": times, "median_us_per_batch": med,
-                                "ratio_index_select_over_indexing": ratio})
-    print(f"wrote {path}")
+    report_ratio(NAME, times, "batch", "index_select", "indexing", vars(args))
     return 0
 
 

@@ -87,3 +87,21 @@ def alternating_us(ways: dict[Any, Callable[[], Any]], rounds: int, calls: int,
                 fn()
             times[name].append((time.perf_counter() - start) / calls * 1e6)
     return times
+
+
+def report_ratio(name: str, times: dict[str, list[float]], per: str, numerator: str,
+                 denominator: str, settings: dict[str, Any]) -> Path:
+    """Print each way's microseconds per `per` (every round and the median) and the ratio of
+    the medians numerator / denominator; write them to results/<name>.json."""
+    med = {k: median(v) for k, v in times.items()}
+    ratio = med[numerator] / med[denominator]
+    width = max(len(k) for k in times)
+    for way, ts in times.items():
+        print(f"{way:{width}s} us per {per}: {', '.join(f'{t:.0f}' for t in ts)}  "
+              f"median {med[way]:.0f}")
+    print(f"{numerator} / {denominator}: {ratio:.2f}")
+    path = write_results(name, {"machine": machine_info(), "settings": settings,
+                                f"us_per_{per}": times, f"median_us_per_{per}": med,
+                                f"ratio_{numerator}_over_{denominator}": ratio})
+    print(f"wrote {path}")
+    return path

@@ -19,7 +19,7 @@ import argparse
 import sys
 
 import torch
-from benchcommon import alternating_us, machine_info, median, write_results
+from benchcommon import alternating_us, report_ratio
 
 from prunelab.experiments.bernoulli import METHOD_OPTIONS, build
 from prunelab.methods.base import TrainContext
@@ -61,15 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     steps = {mode: make_step(mode, args.width) for mode in ("loss", "gradient")}
     times = alternating_us(steps, args.rounds, args.steps, warmup=100)
-    med = {k: median(v) for k, v in times.items()}
-    ratio = med["gradient"] / med["loss"]
-    for mode, ts in times.items():
-        print(f"{mode:8s} us per step: {', '.join(f'{t:.0f}' for t in ts)}  median {med[mode]:.0f}")
-    print(f"gradient / loss: {ratio:.2f}")
-    path = write_results(NAME, {"machine": machine_info(), "settings": vars(args),
-                                "us_per_step": times, "median_us_per_step": med,
-                                "ratio_gradient_over_loss": ratio})
-    print(f"wrote {path}")
+    report_ratio(NAME, times, "step", "gradient", "loss", vars(args))
     return 0
 
 

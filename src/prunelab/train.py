@@ -184,7 +184,7 @@ class Trainer:
                     break
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 # index_select copies whole rows: the same batch as x_train[idx], ~3x faster
-                # on the CPU (MNIST-sized, batch 100: 50 vs 147 us, benchmarks/batch_gather.py)
+                # on the CPU (MNIST-sized, batch 100: 36 vs 121 us, benchmarks/batch_gather.py)
                 xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
