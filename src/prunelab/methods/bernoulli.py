@@ -474,18 +474,18 @@ class BernoulliGating(PruningMethod):
         features = [n for n in self.gates.theta if n in sites]
         return [(g, pi) for g, pi in ((units, self.pi), (features, self.feature_pi)) if g]
 
-    def _gate_prior_gradients(self, step: int, flat: torch.Tensor,
-                              free: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _gate_prior_gradients(self, step: int, flat: torch.Tensor, free: torch.Tensor,
+                              sizes: dict[str, int]) -> dict[str, torch.Tensor]:
         """With gate_prior_as="gradient": the gate prior's gradient per layer, for the loss of
         the step just taken (its weight and gamma are those of step - 1, as penalty() saw
-        them), from the current thetas `flat` (all layers, concatenated) and their `free` mask;
-        a group of layers with no free gate gets none, as under autograd."""
+        them), from the current thetas `flat` (all layers, concatenated, `sizes` units each)
+        and their `free` mask; a group of layers with no free gate gets none, as under
+        autograd."""
         factor = self.gate_cost_factor(step - 1)
         if self.gate_prior_as != "gradient" or factor == 0.0:
             return {}
         scale = self.penalty_scale * factor / self._n()
         gamma = self.gamma_at(step - 1)
-        sizes = {n: t.numel() for n, t in self.gates.theta.items()}
         out: dict[str, torch.Tensor] = {}
         for names, pi in self._prior_groups():
             if len(names) == len(sizes):
@@ -590,6 +590,7 @@ class BernoulliGating(PruningMethod):
         remove those below the threshold; all layers at once (as one vector), layer by layer
         only where a unit is removed. Returns whether a unit was removed."""
         thetas = self.gates.theta
+        sizes = {n: t.numel() for n, t in thetas.items()}
         flat = torch.cat(list(thetas.values()))
         free = (flat > 0) & (flat < 1)
         grads = [t.grad for t in thetas.values()]
@@ -597,7 +598,7 @@ class BernoulliGating(PruningMethod):
             for theta in thetas.values():
                 theta.grad = None
             return False
-        prior = self._gate_prior_gradients(step, flat, free)
+        prior = self._gate_prior_gradients(step, flat, free, sizes)
         if prior:  # theta's gradient is the data term's plus the prior's, as autograd adds them
             grads = [g if n not in prior else prior[n] if g is None else g + prior[n]
                      for n, g in zip(thetas, grads)]
@@ -612,9 +613,9 @@ class BernoulliGating(PruningMethod):
         low = free & (flat < self.threshold)
         flat.masked_fill_(free & (flat > 1.0 - self.threshold), 1.0)
         any_low = bool(low.any())
-        sizes = [t.numel() for t in thetas.values()]
-        lows = low.split(sizes)
-        for (name, theta), part, low_part in zip(thetas.items(), flat.split(sizes), lows):
+        counts = list(sizes.values())
+        lows = low.split(counts)
+        for (name, theta), part, low_part in zip(thetas.items(), flat.split(counts), lows):
             theta.copy_(part)
             theta.grad = None
             if any_low and bool(low_part.any()):
