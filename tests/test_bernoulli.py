@@ -338,6 +338,13 @@ def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
     planned = default_plan(True)["runs"]
     assert len(res["runs"]) == len(planned)
     assert all(r["units"] < 400 * factor for r, (factor, _) in zip(res["runs"], planned))
+    # the recorded mistakes are the final networks' own: as many as their test errors say
+    n = res["n_test"]
+    for r in res["runs"]:
+        assert len(r["test_mistakes"]) == round(r["test_error_pct"] * n / 100)
+    dense = res["models"]["lenet-300-100"]["dense"]
+    for err, wrong in zip(dense["seed_errors_pct"], dense["seed_test_mistakes"]):
+        assert len(wrong) == round(err * n / 100)
 
 
 def test_reproduction_refuses_a_plan_without_x1_runs_before_training(tmp_path):
@@ -363,6 +370,29 @@ def test_report_robustness_table_groups_runs_by_start_width():
     assert rows[0]["units mean"] == "105.0" and rows[2]["error min-max %"] == "2.10-2.30"
     assert rows[3]["error spread pts"] == "0.50" and rows[3]["error min-max %"] == "1.80-2.30"
     assert rows[4]["units mean"] == "-" and rows[4]["error spread pts"] == "0.20"
+    # without the runs' misclassified examples the test-set sampling columns stay empty
+    assert rows[3]["SD if examples flip independently"] == "-"
+
+
+def test_report_robustness_table_splits_the_variance_when_mistakes_are_recorded():
+    from prunelab.experiments.bernoulli import _dense_reference, _robustness_rows
+
+    runs = [{"width": "x1", "units": 100, "test_error_pct": 10.0, "test_mistakes": list(range(10))},
+            {"width": "x1", "units": 100, "test_error_pct": 20.0, "test_mistakes": list(range(20))},
+            {"width": "x2", "units": 90, "test_error_pct": 20.0, "test_mistakes": list(range(20))}]
+    dense = _dense_reference([{"seed": s, "test_error_pct": 10.0, "seconds": 1.0,
+                               "test_mistakes": m} for s, m in [(0, [0]), (1, [1])]])
+    assert "test_mistakes" not in {k for k in dense if k != "seed_test_mistakes"}
+    rows = _robustness_rows(runs, dense, n_test=100)
+    x1, x2, everything, dense_row = rows
+    assert x1["SD if examples flip independently"] == f"{100 * (0.0005 ** 0.5):.3f}"
+    assert x1["between-run share of variance %"] == "90"
+    assert x2["SD if examples flip independently"] == "-"  # one run: nothing to split
+    assert everything["n"] == 3 and everything["SD if examples flip independently"] != "-"
+    # two dense runs with one different mistake each: equal errors, two examples flipping at
+    # rate 1/2 (2 * 1/4 * 2/(2-1) / 100^2)
+    assert dense_row["SD if examples flip independently"] == f"{100 * (1e-4) ** 0.5:.3f}"
+    assert dense_row["between-run share of variance %"] == "-"
 
 
 def test_input_feature_gates_follow_shrinking_and_finalize(tiny_cnn):

@@ -23,6 +23,7 @@ minutes on a GPU with `PRUNELAB_DEVICE=cuda`).
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -42,6 +43,7 @@ from prunelab.methods.base import PruningMethod
 from prunelab.methods.bernoulli import BernoulliGating
 from prunelab.models import mlp
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
+from prunelab.seed_noise import error_variance_split, misclassified
 from prunelab.threads import torch_threads
 from prunelab.train import Trainer, preload_optimizers
 
@@ -125,7 +127,8 @@ def _train(kind: str, factor: int, seed: int, data, epochs: int, method: Pruning
     return result, trainer.model, time.perf_counter() - start
 
 
-def _run_row(kind, factor, seed, result, model, seconds, method, input_shape) -> dict[str, Any]:
+def _run_row(kind, factor, seed, result, model, seconds, method, input_shape,
+             mistakes: list[int] | None = None) -> dict[str, Any]:
     rep = sparsity_report(model, None, input_shape)["global"]
     s = method.summary()
     feats = set(s.get("feature_sites", []))
@@ -145,6 +148,7 @@ def _run_row(kind, factor, seed, result, model, seconds, method, input_shape) ->
         "empty_layer_events": len(s["empty_layer_events"]),
         "seconds": seconds,
         "widths": widths,
+        "test_mistakes": mistakes,
     }
 
 
@@ -210,8 +214,10 @@ def _dense_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
     recipe's own seed-to-seed noise, against which the Bernoulli runs' error spread can be
     read, and the wall-time reference for the x1 runs of the same seeds."""
     errs = [r["test_error_pct"] for r in runs]
-    return {**runs[0], "seeds": [r["seed"] for r in runs], "seed_errors_pct": errs,
-            "seed_seconds": [r["seconds"] for r in runs], **_error_stats(errs)}
+    first = {k: v for k, v in runs[0].items() if k != "test_mistakes"}
+    return {**first, "seeds": [r["seed"] for r in runs], "seed_errors_pct": errs,
+            "seed_seconds": [r["seconds"] for r in runs],
+            "seed_test_mistakes": [r.get("test_mistakes") for r in runs], **_error_stats(errs)}
 
 
 def _schedule(dense_seeds: list[int], runs: list[tuple[int, int]]
@@ -261,13 +267,15 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                 rep = sparsity_report(model, None, data.input_shape)["global"]
                 dense_runs.append({"seed": seed, "test_error_pct": 100 * (1 - res.final[
                     "test_accuracy"]), "params": rep["params"], "flops": rep["flops_dense"],
-                    "seconds": secs})
+                    "seconds": secs, "test_mistakes": misclassified(model, data.x_test,
+                                                                    data.y_test)})
                 log(f"{kind} dense x1 seed {seed}: error "
                     f"{dense_runs[-1]['test_error_pct']:.2f}% in {secs:.1f}s")
                 continue
             method = BernoulliGating(n_train=data.n_train, **plan["options"])
             res, model, secs = _train(kind, factor, seed, data, epochs, method, device, progress)
-            row = _run_row(kind, factor, seed, res, model, secs, method, data.input_shape)
+            row = _run_row(kind, factor, seed, res, model, secs, method, data.input_shape,
+                           misclassified(model, data.x_test, data.y_test))
             by_run[factor, seed] = row
             if factor == 1 and seed == 0:
                 trajectories[kind] = method.trajectory
@@ -277,6 +285,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         dense[kind] = _dense_reference(dense_runs)
         rows += [by_run[tuple(r)] for r in plan["runs"]]
     results = _summarise(plan, rows, dense, quick, time.perf_counter() - t0, data.n_train)
+    results["n_test"] = int(data.x_test.shape[0])
     with atomic.staged_directory(out) as stage:
         (stage / "figures").mkdir()
         _trajectory_figure(trajectories, stage / "figures" / "theta_trajectories.png")
@@ -378,27 +387,47 @@ def _summarise(plan, rows, dense, quick, seconds, n_train) -> dict[str, Any]:
             "claims": claims, "seconds": seconds}
 
 
-def _robustness_rows(rows: list[dict[str, Any]], dense: dict[str, Any]) -> list[dict]:
+def _robustness_rows(rows: list[dict[str, Any]], dense: dict[str, Any],
+                     n_test: int | None = None) -> list[dict]:
     """The report's robustness table: per starting width, all runs together (the study's
-    claim), and the dense recipe's seeds for reference."""
-    def row(label: str, stats: dict[str, float], errs: list[float]) -> dict[str, Any]:
+    claim), and the dense recipe's seeds for reference. With the runs' misclassified test
+    examples and the test set size, each row also gives the SD the errors would have if every
+    test example flipped independently at its observed rate (`prunelab.seed_noise`): the part
+    of the spread that is test-set sampling."""
+    def row(label: str, stats: dict[str, float], errs: list[float],
+            mistakes: list[list[int] | None]) -> dict[str, Any]:
         units = stats.get("units_mean")
+        split = (error_variance_split(mistakes, n_test)
+                 if n_test and len(mistakes) > 1 and all(m is not None for m in mistakes)
+                 else None)
         return {"runs": label, "n": len(errs),
                 "units mean": "-" if units is None else f"{units:.1f}",
                 "units CV %": "-" if units is None else f"{100 * stats['units_cv']:.1f}",
                 "error mean %": f"{stats['error_mean_pct']:.2f}",
                 "error min-max %": f"{min(errs):.2f}-{max(errs):.2f}",
                 "error spread pts": f"{stats['error_spread_pts']:.2f}",
-                "error SD pts": f"{stats['error_std_pts']:.3f}"}
+                "error SD pts": f"{stats['error_std_pts']:.3f}",
+                "SD if examples flip independently": "-" if split is None
+                else f"{split['independent_std_pts']:.3f}",
+                "between-run share of variance %": "-" if split is None
+                or math.isnan(split["between_run_var_share"])  # the errors are all equal
+                else f"{100 * split['between_run_var_share']:.0f}"}
 
     out = []
     widths = sorted({r["width"] for r in rows}, key=lambda w: int(w.lstrip("x")))
     groups = [(f"Bernoulli {w}", [r for r in rows if r["width"] == w]) for w in widths]
     groups.append(("Bernoulli, all", rows))
     for label, group in groups:
-        out.append(row(label, _spread(group), [r["test_error_pct"] for r in group]))
-    out.append(row("dense x1 (start network)", dense, dense["seed_errors_pct"]))
+        out.append(row(label, _spread(group), [r["test_error_pct"] for r in group],
+                       [r.get("test_mistakes") for r in group]))
+    out.append(row("dense x1 (start network)", dense, dense["seed_errors_pct"],
+                   dense.get("seed_test_mistakes") or [None]))
     return out
+
+
+ROBUSTNESS_COLUMNS = ["runs", "n", "units mean", "units CV %", "error mean %", "error min-max %",
+                      "error spread pts", "error SD pts", "SD if examples flip independently",
+                      "between-run share of variance %"]
 
 
 def _report(res: dict[str, Any]) -> str:
@@ -425,11 +454,16 @@ def _report(res: dict[str, Any]) -> str:
                   f"{', '.join(f'{e:.2f}%' for e in m['dense']['seed_errors_pct'])} (spread "
                   f"{m['dense']['error_spread_pts']:.2f}, SD {m['dense']['error_std_pts']:.2f} "
                   "points).", "",
-                  "Robustness (units: gated hidden units; spread = max - min test error):", "",
+                  "Robustness (units: gated hidden units; spread = max - min test error; "
+                  "'SD if examples flip independently': the SD of the errors if each test "
+                  "example were misclassified independently at the rate observed over these "
+                  "runs, i.e. test-set sampling alone; the between-run share is the rest of "
+                  "the variance, what runs being better or worse as a whole contribute, "
+                  "estimated from few runs and so noisy, negative values included):", "",
                   markdown_table(_robustness_rows([r for r in res["runs"]
-                                                   if r["model"] == kind], m["dense"]),
-                                 ["runs", "n", "units mean", "units CV %", "error mean %",
-                                  "error min-max %", "error spread pts", "error SD pts"])]
+                                                   if r["model"] == kind], m["dense"],
+                                                  res.get("n_test")),
+                                 ROBUSTNESS_COLUMNS)]
     lines += ["", "Figures: `figures/theta_trajectories.png` (theta of every unit of the x1 "
               "seed-0 run), `figures/units_vs_start_width.png`.", ""]
     return "\n".join(lines)
