@@ -7,7 +7,10 @@ and whether every gate ended in {0, 1}. Robustness: coefficient of variation of 
 units and spread of the test error across seeds and starting widths. Dense runs of the x1
 network with the same recipe over `dense_seeds` (full: 5, quick: 2) give the reference error,
 the recipe's own seed-to-seed error spread (the noise floor against which the Bernoulli runs'
-spread can be read) and the wall-time reference (mean over the seeds run both ways). The
+spread can be read) and the wall-time reference (mean over the seeds run both ways). Every run
+records the test examples it misclassifies, and the robustness table splits the variance of
+the errors into test-set sampling (examples flipping independently at their observed rates,
+`prunelab.seed_noise`) and the rest. The
 published structured baselines (METHODS.md section 5) are compared on hidden units by default:
 our gates sit on hidden units and filters, so the input layer (784 pixels) is not pruned, and
 LeNet-5's fc input width is (conv2 filters kept) x 16 positions. With `gate_inputs` in the
