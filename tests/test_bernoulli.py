@@ -769,6 +769,15 @@ def test_reproduction_summary_reports_dense_seed_noise_next_to_the_spread():
     timing = next(c for c in _summarise(plan, rows, dense, True, 1.0, 100)["claims"]
                   if "wall time" in c["claim"])
     assert not timing["held"] and "vs dense 20.5s" in timing["measured"]
+    assert "test-set sampling" not in robust["measured"]  # no mistakes recorded
+    # with each run's mistakes (the first 19, 21 and 20 of 1,000 test examples) the claim gives
+    # the sampling SD: example 19 flips at rate 2/3, example 20 at 1/3, the rest never
+    for row, wrong in zip(rows, (19, 21, 20)):
+        row["test_mistakes"] = list(range(wrong))
+    robust = next(c for c in _summarise(plan, rows, dense, True, 1.0, 100, 1000)["claims"]
+                  if "robust" in c["claim"])
+    # (2/9 + 2/9) * 3/(3 - 1) / 1000^2, in points
+    assert f"gives SD {100 * (4 / 9 * 1.5) ** 0.5 / 1000:.3f}" in robust["measured"]
 
 
 def test_feature_pi_prices_the_input_feature_gates_on_their_own():

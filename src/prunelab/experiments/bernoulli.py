@@ -287,8 +287,8 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                 f"{100 * row['train_flops_saved']:.0f}%, {secs:.1f}s")
         dense[kind] = _dense_reference(dense_runs)
         rows += [by_run[tuple(r)] for r in plan["runs"]]
-    results = _summarise(plan, rows, dense, quick, time.perf_counter() - t0, data.n_train)
-    results["n_test"] = int(data.x_test.shape[0])
+    results = _summarise(plan, rows, dense, quick, time.perf_counter() - t0, data.n_train,
+                         int(data.x_test.shape[0]))
     with atomic.staged_directory(out) as stage:
         (stage / "figures").mkdir()
         _trajectory_figure(trajectories, stage / "figures" / "theta_trajectories.png")
@@ -302,7 +302,19 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     return results
 
 
-def _summarise(plan, rows, dense, quick, seconds, n_train) -> dict[str, Any]:
+def _sampling_note(rows: list[dict[str, Any]], n_test: int | None) -> str:
+    """The robustness claim's note on test-set sampling: the SD the runs' errors would have if
+    they differed only by test examples flipping independently (empty without mistakes)."""
+    mistakes = [r.get("test_mistakes") for r in rows]
+    if not n_test or len(mistakes) < 2 or any(m is None for m in mistakes):
+        return ""
+    split = error_variance_split(mistakes, n_test)
+    return (f"; test-set sampling alone (each test example flipping independently at its "
+            f"rate over these runs) gives SD {split['independent_std_pts']:.3f}")
+
+
+def _summarise(plan, rows, dense, quick, seconds, n_train,
+               n_test: int | None = None) -> dict[str, Any]:
     claims = []
     per_model = {}
     for kind in plan["models"]:
@@ -350,7 +362,7 @@ def _summarise(plan, rows, dense, quick, seconds, n_train) -> dict[str, Any]:
                         f"{spread['error_std_pts']:.2f}); for reference, dense x1 over "
                         f"{len(dense[kind]['seeds'])} seeds: spread "
                         f"{dense[kind]['error_spread_pts']:.2f}, SD "
-                        f"{dense[kind]['error_std_pts']:.2f}"})
+                        f"{dense[kind]['error_std_pts']:.2f}{_sampling_note(rs, n_test)}"})
         undecided = sum(int(r["undecided_at_end"] or 0) for r in rs)
         far = max(r["max_undecided_distance"] or 0 for r in rs)
         claims.append({
@@ -384,7 +396,7 @@ def _summarise(plan, rows, dense, quick, seconds, n_train) -> dict[str, Any]:
                      "error_pct": dense[kind]["error_mean_pct"]})
         per_model[kind] = {"spread": spread, "x1_error_pct": err, "x1_units": units,
                            "x1_layout": layout, "comparison": comp, "dense": dense[kind]}
-    return {"quick": quick, "n_train": n_train, "epochs": plan["epochs"],
+    return {"quick": quick, "n_train": n_train, "n_test": n_test, "epochs": plan["epochs"],
             "method_options": plan["options"], "plan_runs": plan["runs"], "runs": rows,
             "models": per_model,
             "claims": claims, "seconds": seconds}
