@@ -739,6 +739,7 @@ def test_gaussian_prior_as_is_checked():
 
 def test_reproduction_summary_reports_dense_seed_noise_next_to_the_spread():
     from prunelab.experiments.bernoulli import _dense_reference, _summarise
+    from prunelab.seed_noise import normal_range_probability
 
     dense = {"lenet-300-100": _dense_reference([
         {"seed": 0, "test_error_pct": 1.6, "params": 10, "flops": 20, "seconds": 40.0},
@@ -777,7 +778,9 @@ def test_reproduction_summary_reports_dense_seed_noise_next_to_the_spread():
     robust = next(c for c in _summarise(plan, rows, dense, True, 1.0, 100, 1000)["claims"]
                   if "robust" in c["claim"])
     # (2/9 + 2/9) * 3/(3 - 1) / 1000^2, in points
-    assert f"gives SD {100 * (4 / 9 * 1.5) ** 0.5 / 1000:.3f}" in robust["measured"]
+    sd = 100 * (4 / 9 * 1.5) ** 0.5 / 1000
+    assert f"gives SD {sd:.3f}, at which 3 runs span <= 0.3 points with probability " \
+        f"{normal_range_probability(3, 0.3 / sd):.2f}" in robust["measured"]
 
 
 def test_feature_pi_prices_the_input_feature_gates_on_their_own():

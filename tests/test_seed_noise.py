@@ -58,3 +58,23 @@ def test_identical_error_counts_give_no_total_variance():
 def test_variance_split_refuses_bad_input(mistakes, n, match):
     with pytest.raises(ValueError, match=match):
         error_variance_split(mistakes, n)
+
+
+def test_normal_range_probability_matches_closed_form_and_simulation():
+    from prunelab.seed_noise import normal_range_probability
+
+    normal = torch.distributions.Normal(0.0, 1.0)
+    # two runs: |X1 - X2| ~ |N(0, 2)|
+    for w in (0.5, 1.0, 3.0):
+        exact = 2 * float(normal.cdf(torch.tensor(w / 2 ** 0.5))) - 1
+        assert normal_range_probability(2, w) == pytest.approx(exact, abs=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.randn(200_000, 15, generator=gen, dtype=torch.float64)
+    spread = draws.max(dim=1).values - draws.min(dim=1).values
+    for w in (3.0, 3.6, 4.5):
+        assert normal_range_probability(15, w) == pytest.approx(
+            float((spread <= w).double().mean()), abs=0.005)
+    assert normal_range_probability(15, 0.0) == 0.0
+    assert normal_range_probability(15, 30.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="two runs"):
+        normal_range_probability(1, 1.0)

@@ -69,3 +69,19 @@ def error_variance_split(mistakes: Sequence[Sequence[int]], n: int) -> dict[str,
     return {"error_std_pts": 100 * math.sqrt(total),
             "independent_std_pts": 100 * math.sqrt(diagonal),
             "between_run_var_share": 1 - diagonal / total if total > 0 else float("nan")}
+
+
+def normal_range_probability(runs: int, limit: float) -> float:
+    """P(max - min of `runs` independent standard normal draws <= `limit`): the chance that a
+    study of `runs` runs with error SD s shows a spread of at most limit * s. Computed as
+    runs * integral phi(x) (Phi(x + limit) - Phi(x))^(runs - 1) dx on a fine grid."""
+    if runs < 2:
+        raise ValueError(f"a range needs at least two runs, got {runs}")
+    if limit <= 0:
+        return 0.0
+    x = torch.linspace(-12.0, 12.0, 48001, dtype=torch.float64)
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+    density = normal.log_prob(x).exp()
+    inside = (normal.cdf(x + limit) - normal.cdf(x)).clamp_min(0.0)
+    value = runs * torch.trapezoid(density * inside ** (runs - 1), x)
+    return float(value.clamp(0.0, 1.0))
