@@ -303,13 +303,21 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     return results
 
 
+def _variance_split(mistakes: list[list[int] | None], n_test: int | None
+                    ) -> dict[str, float] | None:
+    """`error_variance_split` of the runs' recorded mistakes; None when there are fewer than
+    two runs or some run has none recorded (results written before they were)."""
+    if not n_test or len(mistakes) < 2 or any(m is None for m in mistakes):
+        return None
+    return error_variance_split(mistakes, n_test)
+
+
 def _sampling_note(rows: list[dict[str, Any]], n_test: int | None) -> str:
     """The robustness claim's note on test-set sampling: the SD the runs' errors would have if
     they differed only by test examples flipping independently (empty without mistakes)."""
-    mistakes = [r.get("test_mistakes") for r in rows]
-    if not n_test or len(mistakes) < 2 or any(m is None for m in mistakes):
+    split = _variance_split([r.get("test_mistakes") for r in rows], n_test)
+    if split is None:
         return ""
-    split = error_variance_split(mistakes, n_test)
     sd = split["independent_std_pts"]
     chance = normal_range_probability(len(rows), SPREAD_LIMIT_PTS / sd) if sd > 0 else 1.0
     return (f"; test-set sampling alone (each test example flipping independently at its "
@@ -416,9 +424,7 @@ def _robustness_rows(rows: list[dict[str, Any]], dense: dict[str, Any],
     def row(label: str, stats: dict[str, float], errs: list[float],
             mistakes: list[list[int] | None]) -> dict[str, Any]:
         units = stats.get("units_mean")
-        split = (error_variance_split(mistakes, n_test)
-                 if n_test and len(mistakes) > 1 and all(m is not None for m in mistakes)
-                 else None)
+        split = _variance_split(mistakes, n_test)
         return {"runs": label, "n": len(errs),
                 "units mean": "-" if units is None else f"{units:.1f}",
                 "units CV %": "-" if units is None else f"{100 * stats['units_cv']:.1f}",
