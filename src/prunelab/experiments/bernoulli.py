@@ -446,7 +446,7 @@ def _robustness_rows(rows: list[dict[str, Any]], dense: dict[str, Any],
         out.append(row(label, _spread(group), [r["test_error_pct"] for r in group],
                        [r.get("test_mistakes") for r in group]))
     out.append(row("dense x1 (start network)", dense, dense["seed_errors_pct"],
-                   dense.get("seed_test_mistakes") or [None]))
+                   dense.get("seed_test_mistakes", [])))
     return out
 
 
