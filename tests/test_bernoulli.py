@@ -345,6 +345,14 @@ def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
     dense = res["models"]["lenet-300-100"]["dense"]
     for err, wrong in zip(dense["seed_errors_pct"], dense["seed_test_mistakes"]):
         assert len(wrong) == round(err * n / 100)
+    # every x1 run has a scratch twin at its own final widths
+    twins = res["models"]["lenet-300-100"]["scratch"]
+    x1 = [r for r in res["runs"] if r["width"] == "x1"]
+    assert twins["widths"] == [r["widths"] for r in x1]
+    assert twins["bernoulli_errors_pct"] == [r["test_error_pct"] for r in x1]
+    for err, wrong in zip(twins["seed_errors_pct"], twins["seed_test_mistakes"]):
+        assert len(wrong) == round(err * n / 100)
+    assert "Scratch twins" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_reproduction_refuses_a_plan_without_x1_runs_before_training(tmp_path):
@@ -393,6 +401,70 @@ def test_report_robustness_table_splits_the_variance_when_mistakes_are_recorded(
     # rate 1/2 (2 * 1/4 * 2/(2-1) / 100^2)
     assert dense_row["SD if examples flip independently"] == f"{100 * (1e-4) ** 0.5:.3f}"
     assert dense_row["between-run share of variance %"] == "-"
+
+
+def test_reproduction_builds_the_start_networks_and_any_given_widths():
+    from prunelab.experiments.bernoulli import build
+
+    def widths(model):
+        return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+                for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    assert widths(build("lenet-300-100", 2, (1, 28, 28), 10)) == [600, 200, 10]
+    assert widths(build("lenet-300-100", 1, (1, 28, 28), 10, [76, 41])) == [76, 41, 10]
+    small = build("lenet5", 1, (1, 28, 28), 10, [9, 18, 65])
+    assert widths(small) == [9, 18, 65, 10]
+    assert small(torch.zeros(2, 1, 28, 28)).shape == (2, 10)  # fc input 18 x 4 x 4
+    torch.manual_seed(0)
+    by_factor = build("lenet-300-100", 1, (1, 28, 28), 10)
+    torch.manual_seed(0)
+    by_widths = build("lenet-300-100", 1, (1, 28, 28), 10, [300, 100])
+    for a, b in zip(by_factor.parameters(), by_widths.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_report_compares_the_x1_runs_with_their_scratch_twins():
+    from prunelab.experiments.bernoulli import (
+        _dense_reference,
+        _report,
+        _robustness_rows,
+        _scratch_reference,
+        _summarise,
+    )
+
+    twins = [{"seed": s, "widths": w, "test_error_pct": e, "bernoulli_error_pct": b,
+              "seconds": 10.0, "test_mistakes": list(range(round(e * 10)))}
+             for s, w, e, b in [(0, [76, 41], 2.5, 2.0), (1, [70, 40], 2.3, 2.2)]]
+    scratch = _scratch_reference(twins)
+    assert scratch["gap_pts"] == pytest.approx([-0.5, -0.1])
+    assert scratch["gap_mean_pts"] == pytest.approx(-0.3)
+    assert scratch["error_mean_pct"] == pytest.approx(2.4)
+    assert scratch["error_spread_pts"] == pytest.approx(0.2)
+    dense = {"lenet-300-100": _dense_reference([
+        {"seed": s, "test_error_pct": 1.6, "params": 10, "flops": 20, "seconds": 40.0}
+        for s in (0, 1)])}
+    rows = [{"model": "lenet-300-100", "width": "x1", "seed": s, "units": sum(w),
+             "widths": w, "test_error_pct": b, "input_features": None, "undecided_at_end": 0,
+             "max_undecided_distance": 0.0, "seconds": 30.0, "train_flops_saved": 0.3,
+             "start": "300-100", "final": "-".join(map(str, w)), "params": 1, "flops": 2}
+            for s, w, b in [(0, [76, 41], 2.0), (1, [70, 40], 2.2)]]
+    plan = {"models": ["lenet-300-100"], "epochs": {"lenet-300-100": 1}, "runs": [(1, 0), (1, 1)],
+            "options": {}}
+    res = _summarise(plan, rows, dense, True, 1.0, 100, 1000, {"lenet-300-100": scratch})
+    comp = res["models"]["lenet-300-100"]["comparison"][-1]
+    assert comp["method"] == "x1 final widths trained from scratch (ours, mean of 2 seeds)"
+    assert comp["architecture"] == "784-73-40" and comp["error_pct"] == pytest.approx(2.4)
+    report = _report(res)
+    assert "seed 0 76-41: 2.00% gated vs 2.50% scratch" in report
+    assert "Gated minus scratch: -0.30 points on average" in report
+    table = _robustness_rows(rows, dense["lenet-300-100"], 1000, scratch)
+    assert table[-1]["runs"] == "x1 final widths from scratch"
+    assert table[-1]["error spread pts"] == "0.20" and table[-1]["units mean"] == "-"
+    # 25 and 23 of 1,000 examples missed, nested: two examples flip at rate 1/2
+    assert table[-1]["SD if examples flip independently"] == f"{100 * (1e-6) ** 0.5:.3f}"
+    # results without twins (or written before they existed) render without the paragraph
+    res["models"]["lenet-300-100"].pop("scratch")
+    assert "Scratch twins" not in _report(res)
 
 
 def test_input_feature_gates_follow_shrinking_and_finalize(tiny_cnn):

@@ -10,7 +10,11 @@ the recipe's own seed-to-seed error spread (the noise floor against which the Be
 spread can be read) and the wall-time reference (mean over the seeds run both ways). Every run
 records the test examples it misclassifies, and the robustness table splits the variance of
 the errors into test-set sampling (examples flipping independently at their observed rates,
-`prunelab.seed_noise`) and the rest. The
+`prunelab.seed_noise`) and the rest. Every x1 run also gets a scratch twin (plan key
+`scratch`, on by default; not with gated inputs, whose pruned input columns a twin would not
+carry): its final hidden widths trained dense from a fresh initialisation with the same recipe
+and seed, so the report can say what the gates' search is worth over training the small
+network alone, and how much error spread the small network has by itself. The
 published structured baselines (METHODS.md section 5) are compared on hidden units by default:
 our gates sit on hidden units and filters, so the input layer (784 pixels) is not pruned, and
 LeNet-5's fc input width is (conv2 filters kept) x 16 positions. With `gate_inputs` in the
@@ -79,11 +83,17 @@ TARGETS = {"lenet-300-100": 2.0, "lenet5": 1.0}
 SPREAD_LIMIT_PTS = 0.3  # the robustness claim's largest error spread (max - min, points)
 
 
-def build(kind: str, factor: int, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """LeNet-300-100 or Caffe LeNet-5 with every hidden width multiplied by `factor`."""
+START_WIDTHS = {"lenet-300-100": (300, 100), "lenet5": (20, 50, 500)}
+
+
+def build(kind: str, factor: int, input_shape: tuple[int, ...], num_classes: int,
+          widths: list[int] | None = None) -> nn.Module:
+    """LeNet-300-100 or Caffe LeNet-5 with every hidden width multiplied by `factor`, or with
+    the given hidden `widths` ([h1, h2] or [conv1, conv2, fc]) instead."""
+    widths = list(widths or [w * factor for w in START_WIDTHS[kind]])
     if kind == "lenet-300-100":
-        return mlp(input_shape, num_classes, widths=(300 * factor, 100 * factor))
-    c1, c2, h = 20 * factor, 50 * factor, 500 * factor
+        return mlp(input_shape, num_classes, widths=widths)
+    c1, c2, h = widths
     side = ((input_shape[1] - 4) // 2 - 4) // 2
     return nn.Sequential(
         nn.Conv2d(input_shape[0], c1, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -111,17 +121,18 @@ def default_plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"models": ["lenet-300-100"], "n_train": 10000, "epochs": {"lenet-300-100": 20},
                 "runs": [(1, 0), (1, 1), (2, 0), (4, 0)], "dense_seeds": [0, 1],
-                "options": QUICK_OPTIONS}
+                "scratch": True, "options": QUICK_OPTIONS}
     return {"models": ["lenet-300-100", "lenet5"], "n_train": None,
             "epochs": {"lenet-300-100": 20, "lenet5": 12},
             "runs": [(f, s) for f in (1, 2, 4) for s in range(5)], "dense_seeds": list(range(5)),
-            "options": METHOD_OPTIONS}
+            "scratch": True, "options": METHOD_OPTIONS}
 
 
 def _train(kind: str, factor: int, seed: int, data, epochs: int, method: PruningMethod,
-           device: str, progress: bool | None) -> tuple[Any, nn.Module, float]:
+           device: str, progress: bool | None, widths: list[int] | None = None
+           ) -> tuple[Any, nn.Module, float]:
     torch.manual_seed(seed)
-    model = build(kind, factor, data.input_shape, data.num_classes)
+    model = build(kind, factor, data.input_shape, data.num_classes, widths)
     cfg = TrainConfig(epochs=epochs, batch_size=100, optimizer="adam", lr=1e-3,
                       lr_schedule="cosine", seed=seed, eval_train=False,
                       checkpoint_epochs=False, device=device)
@@ -224,6 +235,32 @@ def _dense_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "seed_test_mistakes": [r.get("test_mistakes") for r in runs], **_error_stats(errs)}
 
 
+def _scratch_twin(kind: str, row: dict[str, Any], data, epochs: int, device: str,
+                  progress: bool | None) -> dict[str, Any]:
+    """The run's final hidden widths trained dense from a fresh initialisation with the same
+    recipe and seed (Liu et al.'s "scratch" baseline at the pruned architecture): what the
+    gates' search is worth over simply training the small network."""
+    res, model, secs = _train(kind, 1, row["seed"], data, epochs, PruningMethod(), device,
+                              progress, widths=row["widths"])
+    return {"seed": row["seed"], "widths": row["widths"],
+            "test_error_pct": 100 * (1 - res.final["test_accuracy"]),
+            "bernoulli_error_pct": row["test_error_pct"], "seconds": secs,
+            "test_mistakes": misclassified(model, data.x_test, data.y_test)}
+
+
+def _scratch_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Scratch twins of the x1 runs: their errors, and the Bernoulli runs' errors minus their
+    twins' (negative: the gated network is better than its architecture trained alone)."""
+    errs = [r["test_error_pct"] for r in runs]
+    gaps = [r["bernoulli_error_pct"] - r["test_error_pct"] for r in runs]
+    return {"seeds": [r["seed"] for r in runs], "widths": [r["widths"] for r in runs],
+            "seed_errors_pct": errs, "bernoulli_errors_pct": [r["bernoulli_error_pct"]
+                                                              for r in runs],
+            "gap_pts": gaps, "gap_mean_pts": statistics.mean(gaps),
+            "seed_seconds": [r["seconds"] for r in runs],
+            "seed_test_mistakes": [r["test_mistakes"] for r in runs], **_error_stats(errs)}
+
+
 def _schedule(dense_seeds: list[int], runs: list[tuple[int, int]]
               ) -> list[tuple[str, int, int]]:
     """Execution order: each dense seed next to the x1 Bernoulli run of the same seed, which
@@ -260,10 +297,11 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     dense: dict[str, dict[str, Any]] = {}
+    scratch: dict[str, dict[str, Any]] = {}
     trajectories: dict[str, list[dict[str, Any]]] = {}
     for kind in plan["models"]:
         epochs = plan["epochs"][kind]
-        dense_runs, by_run = [], {}
+        dense_runs, scratch_runs, by_run = [], [], {}
         for job, factor, seed in _schedule(plan["dense_seeds"] or [0], plan["runs"]):
             if job == "dense":
                 res, model, secs = _train(kind, 1, seed, data, epochs, PruningMethod(), device,
@@ -286,10 +324,16 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
             log(f"{kind} x{factor} seed {seed}: {row['start']} -> {row['final']}, error "
                 f"{row['test_error_pct']:.2f}%, training FLOPs saved "
                 f"{100 * row['train_flops_saved']:.0f}%, {secs:.1f}s")
+            if factor == 1 and plan.get("scratch") and row["input_features"] is None:
+                scratch_runs.append(_scratch_twin(kind, row, data, epochs, device, progress))
+                log(f"{kind} scratch {row['final']} seed {seed}: error "
+                    f"{scratch_runs[-1]['test_error_pct']:.2f}%")
         dense[kind] = _dense_reference(dense_runs)
+        if scratch_runs:
+            scratch[kind] = _scratch_reference(scratch_runs)
         rows += [by_run[tuple(r)] for r in plan["runs"]]
     results = _summarise(plan, rows, dense, quick, time.perf_counter() - t0, data.n_train,
-                         int(data.x_test.shape[0]))
+                         int(data.x_test.shape[0]), scratch)
     with atomic.staged_directory(out) as stage:
         (stage / "figures").mkdir()
         _trajectory_figure(trajectories, stage / "figures" / "theta_trajectories.png")
@@ -325,8 +369,8 @@ def _sampling_note(rows: list[dict[str, Any]], n_test: int | None) -> str:
             f"{SPREAD_LIMIT_PTS} points with probability {chance:.2f}")
 
 
-def _summarise(plan, rows, dense, quick, seconds, n_train,
-               n_test: int | None = None) -> dict[str, Any]:
+def _summarise(plan, rows, dense, quick, seconds, n_train, n_test: int | None = None,
+               scratch: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     claims = []
     per_model = {}
     for kind in plan["models"]:
@@ -406,8 +450,15 @@ def _summarise(plan, rows, dense, quick, seconds, n_train,
         comp.append({"method": f"dense start network (ours, mean of "
                                f"{len(dense[kind]['seeds'])} seeds)", "architecture": "-",
                      "error_pct": dense[kind]["error_mean_pct"]})
+        twins = (scratch or {}).get(kind)
+        if twins:
+            comp.append({"method": f"x1 final widths trained from scratch (ours, mean of "
+                                   f"{len(twins['seeds'])} seeds)",
+                         "architecture": "-".join(str(w) for w in layout),
+                         "error_pct": twins["error_mean_pct"]})
         per_model[kind] = {"spread": spread, "x1_error_pct": err, "x1_units": units,
-                           "x1_layout": layout, "comparison": comp, "dense": dense[kind]}
+                           "x1_layout": layout, "comparison": comp, "dense": dense[kind],
+                           "scratch": twins}
     return {"quick": quick, "n_train": n_train, "n_test": n_test, "epochs": plan["epochs"],
             "method_options": plan["options"], "plan_runs": plan["runs"], "runs": rows,
             "models": per_model,
@@ -415,12 +466,13 @@ def _summarise(plan, rows, dense, quick, seconds, n_train,
 
 
 def _robustness_rows(rows: list[dict[str, Any]], dense: dict[str, Any],
-                     n_test: int | None = None) -> list[dict]:
+                     n_test: int | None = None, scratch: dict[str, Any] | None = None
+                     ) -> list[dict]:
     """The report's robustness table: per starting width, all runs together (the study's
     claim), and the dense recipe's seeds for reference. With the runs' misclassified test
     examples and the test set size, each row also gives the SD the errors would have if every
     test example flipped independently at its observed rate (`prunelab.seed_noise`): the part
-    of the spread that is test-set sampling."""
+    of the spread that is test-set sampling. With scratch twins, a last row gives theirs."""
     def row(label: str, stats: dict[str, float], errs: list[float],
             mistakes: list[list[int] | None]) -> dict[str, Any]:
         units = stats.get("units_mean")
@@ -447,7 +499,24 @@ def _robustness_rows(rows: list[dict[str, Any]], dense: dict[str, Any],
                        [r.get("test_mistakes") for r in group]))
     out.append(row("dense x1 (start network)", dense, dense["seed_errors_pct"],
                    dense.get("seed_test_mistakes", [])))
+    if scratch:
+        out.append(row("x1 final widths from scratch", scratch, scratch["seed_errors_pct"],
+                       scratch["seed_test_mistakes"]))
     return out
+
+
+def _scratch_lines(scratch: dict[str, Any] | None) -> list[str]:
+    """The report's paragraph on the scratch twins (none when the study trained none)."""
+    if not scratch:
+        return []
+    pairs = "; ".join(
+        f"seed {s} {'-'.join(map(str, w))}: {b:.2f}% gated vs {e:.2f}% scratch"
+        for s, w, b, e in zip(scratch["seeds"], scratch["widths"],
+                              scratch["bernoulli_errors_pct"], scratch["seed_errors_pct"]))
+    return [f"Scratch twins (each x1 run's final hidden widths trained dense from a fresh "
+            f"initialisation with the same recipe and seed): {pairs}. Gated minus scratch: "
+            f"{scratch['gap_mean_pts']:+.2f} points on average (negative: the gated network is "
+            f"better than its architecture trained alone).", ""]
 
 
 ROBUSTNESS_COLUMNS = ["runs", "n", "units mean", "units CV %", "error mean %", "error min-max %",
@@ -478,7 +547,7 @@ def _report(res: dict[str, Any]) -> str:
                   f"Dense x1 over seeds {m['dense']['seeds']}: test errors "
                   f"{', '.join(f'{e:.2f}%' for e in m['dense']['seed_errors_pct'])} (spread "
                   f"{m['dense']['error_spread_pts']:.2f}, SD {m['dense']['error_std_pts']:.2f} "
-                  "points).", "",
+                  "points).", "", *_scratch_lines(m.get("scratch")),
                   "Robustness (units: gated hidden units; spread = max - min test error; "
                   "'SD if examples flip independently': the SD of the errors if each test "
                   "example were misclassified independently at the rate observed over these "
@@ -487,7 +556,7 @@ def _report(res: dict[str, Any]) -> str:
                   "estimated from few runs and so noisy, negative values included):", "",
                   markdown_table(_robustness_rows([r for r in res["runs"]
                                                    if r["model"] == kind], m["dense"],
-                                                  res.get("n_test")),
+                                                  res.get("n_test"), m.get("scratch")),
                                  ROBUSTNESS_COLUMNS)]
     lines += ["", "Figures: `figures/theta_trajectories.png` (theta of every unit of the x1 "
               "seed-0 run), `figures/units_vs_start_width.png`.", ""]
