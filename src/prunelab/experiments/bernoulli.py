@@ -65,7 +65,10 @@ from prunelab.train import Trainer, preload_optimizers
 # points better) kept these values: mean validation error 2.15% at 107 units here; theta_init
 # 0.7, pi 0.25, penalty_scale 25 bought error with 122-143 units; warmup 0.15/0.35 and
 # gamma_ramp 0.15 were worse; prior_sigma 0.3 tied (2.15%, 108); Adam lr 2e-3 (a training
-# option, not a method one) gave 2.11% at 103 units, under the 0.05 margin.
+# option, not a method one) gave 2.11% at 103 units, under the 0.05 margin. A later screen
+# (x1 and x4, seeds 0-1, 2.21% at 103 units with these values) also kept them: the gamma ramp
+# ending at 75% or 60% of training kept 128 or 145 units (ineligible, and x1 kept far more
+# than x4); 40 epochs with lr_theta halved gave 2.18% at 97 units (docs/bernoulli.md).
 METHOD_OPTIONS: dict[str, Any] = {
     "estimator": "st", "pi": 0.2, "gamma": 2.0, "penalty_scale": 30.0, "theta_init": 0.5,
     "threshold": 0.01, "lr_theta": 0.3, "weight_prior": "gaussian", "prior_sigma": 1.0,
