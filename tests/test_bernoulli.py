@@ -15,7 +15,7 @@ from prunelab.data import load_dataset
 from prunelab.errors import ConfigError
 from prunelab.gates import BernoulliGates
 from prunelab.methods import build_method
-from prunelab.methods.base import TrainContext
+from prunelab.methods.base import PruningMethod, TrainContext
 from prunelab.methods.bernoulli import BernoulliGating, gate_regulariser
 from prunelab.models import mlp
 from prunelab.train import Trainer
@@ -421,6 +421,42 @@ def test_reproduction_builds_the_start_networks_and_any_given_widths():
     by_widths = build("lenet-300-100", 1, (1, 28, 28), 10, [300, 100])
     for a, b in zip(by_factor.parameters(), by_widths.parameters()):
         assert torch.equal(a, b)
+
+
+def test_scratch_twin_of_a_network_with_gated_inputs_keeps_the_same_inputs(monkeypatch):
+    import prunelab.experiments.bernoulli as study
+
+    final = study.build("lenet-300-100", 1, (6,), 2, [5, 3])
+    with torch.no_grad():
+        final[1].weight[:, [0, 4]] = 0.0  # the gates removed inputs 0 and 4
+    mask = study.kept_input_mask(final)
+    assert list(mask) == ["1.weight"] and mask["1.weight"].shape == (5, 6)
+    assert mask["1.weight"].all(dim=0).tolist() == [False, True, True, True, False, True]
+    assert not mask["1.weight"][:, [0, 4]].any()
+    assert study.kept_input_mask(nn.Sequential(nn.Linear(3, 2))) == {}
+
+    data = load_dataset("xor", n_relevant=2, n_irrelevant=4, n_train=200, n_test=100, seed=0)
+    trained = {}
+    real_train = study._train
+
+    def keep_model(*args, **kwargs):
+        res, model, secs = real_train(*args, **kwargs)
+        trained["model"], trained["method"] = model, args[5]
+        return res, model, secs
+
+    monkeypatch.setattr(study, "_train", keep_model)
+    row = {"seed": 0, "widths": [5, 3], "input_features": 4, "test_error_pct": 10.0}
+    twin = study._scratch_twin("lenet-300-100", row, final, data, 2, "cpu", False)
+    assert [m.out_features for m in trained["model"] if isinstance(m, nn.Linear)] == [5, 3, 2]
+    assert isinstance(trained["method"], study.FixedMask)
+    first = trained["model"][1].weight
+    assert not first[:, [0, 4]].any() and first[:, [1, 2, 3, 5]].ne(0).all()
+    assert twin["widths"] == [5, 3] and twin["bernoulli_error_pct"] == 10.0
+    assert len(twin["test_mistakes"]) == round(twin["test_error_pct"])  # 100 test examples
+    row["input_features"] = None  # inputs not gated: a plain dense twin
+    study._scratch_twin("lenet-300-100", row, final, data, 1, "cpu", False)
+    assert type(trained["method"]) is PruningMethod
+    assert trained["model"][1].weight.ne(0).all()
 
 
 def test_report_compares_the_x1_runs_with_their_scratch_twins():

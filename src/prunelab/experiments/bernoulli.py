@@ -11,10 +11,10 @@ spread can be read) and the wall-time reference (mean over the seeds run both wa
 records the test examples it misclassifies, and the robustness table splits the variance of
 the errors into test-set sampling (examples flipping independently at their observed rates,
 `prunelab.seed_noise`) and the rest. Every x1 run also gets a scratch twin (plan key
-`scratch`, on by default; not with gated inputs, whose pruned input columns a twin would not
-carry): its final hidden widths trained dense from a fresh initialisation with the same recipe
-and seed, so the report can say what the gates' search is worth over training the small
-network alone, and how much error spread the small network has by itself. The
+`scratch`, on by default): its final hidden widths trained from a fresh initialisation with
+the same recipe and seed (with gated inputs, the same input features kept by a fixed mask), so
+the report can say what the gates' search is worth over training the small network alone, and
+how much error spread the small network has by itself. The
 published structured baselines (METHODS.md section 5) are compared on hidden units by default:
 our gates sit on hidden units and filters, so the input layer (784 pixels) is not pruned, and
 LeNet-5's fc input width is (conv2 filters kept) x 16 positions. With `gate_inputs` in the
@@ -48,6 +48,7 @@ from prunelab.errors import ConfigError
 from prunelab.masks import sparsity_report
 from prunelab.methods.base import PruningMethod
 from prunelab.methods.bernoulli import BernoulliGating
+from prunelab.methods.magnitude import FixedMask
 from prunelab.models import mlp
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
 from prunelab.seed_noise import error_variance_split, misclassified, normal_range_probability
@@ -238,13 +239,29 @@ def _dense_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "seed_test_mistakes": [r.get("test_mistakes") for r in runs], **_error_stats(errs)}
 
 
-def _scratch_twin(kind: str, row: dict[str, Any], data, epochs: int, device: str,
-                  progress: bool | None) -> dict[str, Any]:
-    """The run's final hidden widths trained dense from a fresh initialisation with the same
-    recipe and seed (Liu et al.'s "scratch" baseline at the pruned architecture): what the
-    gates' search is worth over simply training the small network."""
-    res, model, secs = _train(kind, 1, row["seed"], data, epochs, PruningMethod(), device,
-                              progress, widths=row["widths"])
+def kept_input_mask(model: nn.Sequential) -> dict[str, torch.Tensor]:
+    """The input features a final network with gated inputs kept, as a weight mask: for the
+    Linear fed by the Flatten, its nonzero columns (finalize zeroes the removed features'
+    columns); {} when the model has no such Linear."""
+    children = list(model.named_children())
+    for (_, flat), (name, linear) in zip(children, children[1:]):
+        if isinstance(flat, nn.Flatten) and isinstance(linear, nn.Linear):
+            kept = (linear.weight.detach() != 0).any(dim=0)
+            return {f"{name}.weight": kept.expand_as(linear.weight).clone()}
+    return {}
+
+
+def _scratch_twin(kind: str, row: dict[str, Any], final: nn.Module, data, epochs: int,
+                  device: str, progress: bool | None) -> dict[str, Any]:
+    """The run's final hidden widths trained from a fresh initialisation with the same recipe
+    and seed (Liu et al.'s "scratch" baseline at the pruned architecture): what the gates'
+    search is worth over simply training the small network. With gated inputs the twin keeps
+    the same input features (a fixed mask on the columns `final` dropped)."""
+    twin: PruningMethod = PruningMethod()
+    if row["input_features"] is not None:
+        twin = FixedMask(masks_in=kept_input_mask(final))
+    res, model, secs = _train(kind, 1, row["seed"], data, epochs, twin, device, progress,
+                              widths=row["widths"])
     return {"seed": row["seed"], "widths": row["widths"],
             "test_error_pct": 100 * (1 - res.final["test_accuracy"]),
             "bernoulli_error_pct": row["test_error_pct"], "seconds": secs,
@@ -327,8 +344,9 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
             log(f"{kind} x{factor} seed {seed}: {row['start']} -> {row['final']}, error "
                 f"{row['test_error_pct']:.2f}%, training FLOPs saved "
                 f"{100 * row['train_flops_saved']:.0f}%, {secs:.1f}s")
-            if factor == 1 and plan.get("scratch") and row["input_features"] is None:
-                scratch_runs.append(_scratch_twin(kind, row, data, epochs, device, progress))
+            if factor == 1 and plan.get("scratch"):
+                scratch_runs.append(_scratch_twin(kind, row, model, data, epochs, device,
+                                                  progress))
                 log(f"{kind} scratch {row['final']} seed {seed}: error "
                     f"{scratch_runs[-1]['test_error_pct']:.2f}%")
         dense[kind] = _dense_reference(dense_runs)
