@@ -425,15 +425,16 @@ def test_reproduction_builds_the_start_networks_and_any_given_widths():
 
 def test_scratch_twin_of_a_network_with_gated_inputs_keeps_the_same_inputs(monkeypatch):
     import prunelab.experiments.bernoulli as study
+    from prunelab.shrink import kept_input_mask
 
     final = study.build("lenet-300-100", 1, (6,), 2, [5, 3])
     with torch.no_grad():
         final[1].weight[:, [0, 4]] = 0.0  # the gates removed inputs 0 and 4
-    mask = study.kept_input_mask(final)
+    mask = kept_input_mask(final)
     assert list(mask) == ["1.weight"] and mask["1.weight"].shape == (5, 6)
     assert mask["1.weight"].all(dim=0).tolist() == [False, True, True, True, False, True]
     assert not mask["1.weight"][:, [0, 4]].any()
-    assert study.kept_input_mask(nn.Sequential(nn.Linear(3, 2))) == {}
+    assert kept_input_mask(nn.Sequential(nn.Flatten(), nn.Linear(3, 2))) == {}  # none zero
 
     data = load_dataset("xor", n_relevant=2, n_irrelevant=4, n_train=200, n_test=100, seed=0)
     trained = {}

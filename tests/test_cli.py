@@ -42,6 +42,20 @@ def test_train_writes_a_run_directory(tmp_path, capsys):
     assert (tmp_path / "lt" / "results.json").is_file()
 
 
+def test_retrain_of_a_shrunk_run_trains_its_architecture_or_refuses_in_one_line(tmp_path,
+                                                                                 capsys):
+    out = tmp_path / "gated"
+    assert main(TRAIN + ["--method", "bernoulli", "-o", "pi=0.05", "-o", "penalty_scale=20",
+                         "-o", "theta_init=0.6", "--out", str(out)]) == 0
+    assert (out / "shrunk.pt").is_file()
+    _one_line_error(capsys, ["retrain", str(out), "--init", "rewind:1", "--out",
+                             str(tmp_path / "x")], "only be retrained from scratch")
+    assert not (tmp_path / "x").exists()
+    assert main(["retrain", str(out), "--init", "scratch", "--out", str(tmp_path / "s"),
+                 "--quiet"]) == 0
+    assert (tmp_path / "s" / "shrunk.pt").is_file()
+
+
 @pytest.mark.parametrize(
     "argv, fragments",
     [

@@ -127,6 +127,34 @@ def test_retrain_errors(pruned_run, tmp_path):
         retrain(dense, "scratch")
 
 
+def test_retrain_a_shrunk_run_from_scratch_at_its_final_architecture(tmp_path):
+    # a Bernoulli run with gated inputs: units removed physically, input columns zeroed
+    src = tmp_path / "gated"
+    cfg = _cfg("bernoulli", epochs=3, gate_inputs=True, pi=0.05, penalty_scale=20.0,
+               theta_init=0.6, threshold=0.05)
+    run(cfg, src, progress=False)
+    assert (src / "shrunk.pt").is_file()
+    before = load_run(src).model
+    widths = [m.out_features for m in before if isinstance(m, torch.nn.Linear)]
+    dropped = (before[1].weight == 0).all(dim=0)
+    assert widths[:2] != [16, 16] and 0 < int(dropped.sum()) < 6  # the test needs both
+    res = retrain(src, "scratch", out_dir=tmp_path / "re")
+    after = load_run(tmp_path / "re").model
+    assert [m.out_features for m in after if isinstance(m, torch.nn.Linear)] == widths
+    assert torch.equal((after[1].weight == 0).all(dim=0), dropped)  # same inputs kept
+    assert after[1].weight[:, ~dropped].ne(0).all()
+    fresh = res.initial_state["1.weight"]
+    assert not torch.equal(fresh[:, ~dropped], before[1].weight.detach()[:, ~dropped])
+    data = load_dataset("xor", n_irrelevant=4, n_train=400, n_test=400, seed=7)
+    results = json.loads((tmp_path / "re" / "results.json").read_text())
+    assert evaluate(after, data.x_test, data.y_test)["accuracy"] == \
+        results["final"]["test_accuracy"]
+    assert results["retrain"] == {"init": "scratch", "from": str(src)}
+    with pytest.raises(ConfigError, match="only be retrained from scratch"):
+        retrain(src, "original", out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_retrain_from_memory_matches_mask():
     cfg = _cfg("gmp", sparsity=0.5, frequency=5)
     res = run(cfg, progress=False)

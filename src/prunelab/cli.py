@@ -205,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("retrain", help="retrain a run's mask: scratch, original or rewind:K")
+    p = sub.add_parser("retrain", help="retrain a run's mask: scratch, original or rewind:K; "
+                       "a run that removed units (units, bernoulli): its final architecture "
+                       "from scratch")
     p.add_argument("run_dir")
     p.add_argument("--init", required=True, help="scratch | original | rewind:K | rewind:Kit")
     p.add_argument("--seed", type=int, help="init seed for scratch (default: run seed + 1000)")

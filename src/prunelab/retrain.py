@@ -17,6 +17,7 @@ from prunelab.errors import ConfigError
 from prunelab.masks import Masks
 from prunelab.methods import FixedMask
 from prunelab.runs import load_run
+from prunelab.shrink import architecture, kept_input_mask
 from prunelab.train import TrainResult, load_data, run
 
 SCRATCH_SEED_OFFSET = 1000
@@ -62,9 +63,11 @@ def retrain_from(
     out_dir: str | Path | None = None,
     progress: bool | None = None,
     extra_results: dict[str, Any] | None = None,
+    architecture: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Retrain `cfg`'s recipe under the fixed `masks` from the given init. `init_states` maps
-    checkpoint names ('step0', 'epochK', 'stepK') to weights, for original and rewind."""
+    checkpoint names ('step0', 'epochK', 'stepK') to weights, for original and rewind.
+    `architecture` trains that (shrunk) chain instead of the config's model (see `run`)."""
     kind, ckpt = parse_init(init)
     new = retrain_config(cfg, init, seed)
     state = None
@@ -82,7 +85,8 @@ def retrain_from(
     if data is None:
         data = load_data(new)
     return run(new, out_dir, progress=progress, data=data, method=method, initial_state=state,
-               extra_results={"retrain": {"init": init}, **(extra_results or {})})
+               extra_results={"retrain": {"init": init}, **(extra_results or {})},
+               architecture=architecture)
 
 
 def retrain(
@@ -93,17 +97,28 @@ def retrain(
     seed: int | None = None,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Retrain a finished run's mask from scratch, its original init, or a rewind point."""
-    parse_init(init)
+    """Retrain a finished run's mask from scratch, its original init, or a rewind point. A
+    run whose method removed units physically (shrunk.pt: `units`, `bernoulli`) is retrained
+    from scratch at its final architecture, keeping the input features it kept
+    (`prunelab.shrink.kept_input_mask`)."""
+    kind, ckpt = parse_init(init)
     loaded = load_run(run_dir)
+    extra = {"retrain": {"init": init, "from": str(run_dir)}}
+    if loaded.masks is None and (Path(run_dir) / "shrunk.pt").is_file():
+        if kind != "scratch":
+            raise ConfigError(
+                f"run {run_dir} removed units during training (shrunk.pt): its saved initial "
+                "weights do not fit the smaller network, so it can only be retrained from "
+                "scratch (--init scratch)")
+        return retrain_from(loaded.config, kept_input_mask(loaded.model), init, seed=seed,
+                            out_dir=out_dir, progress=progress, extra_results=extra,
+                            architecture=architecture(loaded.model))
     if loaded.masks is None:
         raise ConfigError(f"run {run_dir} has no masks.pt: it was not pruned")
-    kind, ckpt = parse_init(init)
     states = {}
     if kind == "original":
         states["step0"] = loaded.state("init")
     elif kind == "rewind":
         states[ckpt] = loaded.state("init" if ckpt == "step0" else ckpt)
     return retrain_from(loaded.config, loaded.masks, init, init_states=states, seed=seed,
-                        out_dir=out_dir, progress=progress,
-                        extra_results={"retrain": {"init": init, "from": str(run_dir)}})
+                        out_dir=out_dir, progress=progress, extra_results=extra)

@@ -464,6 +464,21 @@ _ARGS: dict[type[nn.Module], Callable[[nn.Module], dict[str, Any]]] = {
 }
 
 
+def kept_input_mask(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The input features a network with gated inputs kept, as a weight mask: for each Linear
+    fed directly by a Flatten, its columns with a nonzero weight (the Bernoulli method's
+    finalize zeroes the columns of removed features); {} when no column is zero or the chain
+    has no such Linear."""
+    chain = flat_modules(model)
+    masks: dict[str, torch.Tensor] = {}
+    for (_, flat), (name, linear) in zip(chain, chain[1:]):
+        if isinstance(flat, nn.Flatten) and isinstance(linear, nn.Linear):
+            kept = (linear.weight.detach() != 0).any(dim=0)
+            if not bool(kept.all()):
+                masks[f"{name}.weight"] = kept.expand_as(linear.weight).clone()
+    return masks
+
+
 def architecture(model: nn.Module) -> list[dict[str, Any]]:
     """A JSON-friendly description of a chain: one entry {name, type, args} per module."""
     return [{"name": n, "type": type(m).__name__, "args": _ARGS.get(type(m), lambda m: {})(m)}

@@ -308,9 +308,12 @@ def run(
     method: PruningMethod | None = None,
     initial_state: dict[str, torch.Tensor] | None = None,
     extra_results: dict[str, Any] | None = None,
+    architecture: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train one run config end to end. With `out_dir`, everything is written to a staging
-    directory renamed into place only on success, ending with results.json."""
+    directory renamed into place only on success, ending with results.json. `architecture`
+    (`prunelab.shrink.architecture` of a shrunk network) replaces the config's model by that
+    chain, freshly initialised with the run's init seed; the run then also saves shrunk.pt."""
     if data is None:
         data, model, built_method = prepare(cfg)
         method = method or built_method
@@ -319,13 +322,24 @@ def run(
         method = method or build_method(cfg.method, **cfg.method_options)
         torch.manual_seed(init_seed(cfg))
         model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
+    if architecture is not None:
+        from prunelab.shrink import from_architecture
+
+        torch.manual_seed(init_seed(cfg))
+        model = from_architecture(architecture)
     if initial_state is not None:
         model.load_state_dict(initial_state)
     if out_dir is None:
         return Trainer(model, data, cfg.train, method, progress=progress).fit()
     with atomic.staged_directory(out_dir) as stage:
         save_config(stage / "config.yaml", cfg)
-        result = Trainer(model, data, cfg.train, method, out_dir=stage, progress=progress).fit()
+        trainer = Trainer(model, data, cfg.train, method, out_dir=stage, progress=progress)
+        result = trainer.fit()
+        if architecture is not None and not (stage / "shrunk.pt").exists():
+            # weights.pt fits this chain, not the config's model: load_run reads shrunk.pt
+            from prunelab.shrink import save_shrunk
+
+            save_shrunk(stage / "shrunk.pt", trainer.model)
         atomic.write_json(stage / "results.json", {
             "config": cfg.to_dict(),
             "run_name": cfg.run_name(),

@@ -52,6 +52,7 @@ from prunelab.methods.magnitude import FixedMask
 from prunelab.models import mlp
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
 from prunelab.seed_noise import error_variance_split, misclassified, normal_range_probability
+from prunelab.shrink import kept_input_mask
 from prunelab.threads import torch_threads
 from prunelab.train import Trainer, preload_optimizers
 
@@ -237,18 +238,6 @@ def _dense_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**first, "seeds": [r["seed"] for r in runs], "seed_errors_pct": errs,
             "seed_seconds": [r["seconds"] for r in runs],
             "seed_test_mistakes": [r.get("test_mistakes") for r in runs], **_error_stats(errs)}
-
-
-def kept_input_mask(model: nn.Sequential) -> dict[str, torch.Tensor]:
-    """The input features a final network with gated inputs kept, as a weight mask: for the
-    Linear fed by the Flatten, its nonzero columns (finalize zeroes the removed features'
-    columns); {} when the model has no such Linear."""
-    children = list(model.named_children())
-    for (_, flat), (name, linear) in zip(children, children[1:]):
-        if isinstance(flat, nn.Flatten) and isinstance(linear, nn.Linear):
-            kept = (linear.weight.detach() != 0).any(dim=0)
-            return {f"{name}.weight": kept.expand_as(linear.weight).clone()}
-    return {}
 
 
 def _scratch_twin(kind: str, row: dict[str, Any], final: nn.Module, data, epochs: int,
