@@ -1,7 +1,8 @@
 """Retraining baselines from a pruned run's mask: `scratch` (a new random init), `original`
 (the run's own initial weights: the lottery-ticket baseline) and `rewind:K` (the weights at
 epoch K, or step K with `rewind:Kit`). The training recipe is the run's own; the mask is held
-fixed throughout."""
+fixed throughout. A run whose method removed units physically (shrunk.pt) is retrained from
+scratch at its final architecture: Liu et al.'s "scratch" baseline for structured pruning."""
 
 from __future__ import annotations
 
