@@ -403,31 +403,30 @@ def test_report_robustness_table_splits_the_variance_when_mistakes_are_recorded(
     assert dense_row["between-run share of variance %"] == "-"
 
 
-def test_reproduction_builds_the_start_networks_and_any_given_widths():
+def test_twin_chain_initialises_like_the_network_builder_under_the_same_seed():
     from prunelab.experiments.bernoulli import build
+    from prunelab.shrink import architecture, from_architecture
 
     def widths(model):
         return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
                 for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
 
     assert widths(build("lenet-300-100", 2, (1, 28, 28), 10)) == [600, 200, 10]
-    assert widths(build("lenet-300-100", 1, (1, 28, 28), 10, [76, 41])) == [76, 41, 10]
-    small = build("lenet5", 1, (1, 28, 28), 10, [9, 18, 65])
-    assert widths(small) == [9, 18, 65, 10]
-    assert small(torch.zeros(2, 1, 28, 28)).shape == (2, 10)  # fc input 18 x 4 x 4
-    torch.manual_seed(0)
-    by_factor = build("lenet-300-100", 1, (1, 28, 28), 10)
-    torch.manual_seed(0)
-    by_widths = build("lenet-300-100", 1, (1, 28, 28), 10, [300, 100])
-    for a, b in zip(by_factor.parameters(), by_widths.parameters()):
-        assert torch.equal(a, b)
+    for kind in ("lenet-300-100", "lenet5"):
+        torch.manual_seed(0)
+        built = build(kind, 1, (1, 28, 28), 10)
+        torch.manual_seed(0)
+        chain = from_architecture(architecture(built))
+        assert widths(chain) == widths(built)
+        for a, b in zip(built.parameters(), chain.parameters()):
+            assert torch.equal(a, b)
 
 
 def test_scratch_twin_of_a_network_with_gated_inputs_keeps_the_same_inputs(monkeypatch):
     import prunelab.experiments.bernoulli as study
     from prunelab.shrink import kept_input_mask
 
-    final = study.build("lenet-300-100", 1, (6,), 2, [5, 3])
+    final = mlp((6,), 2, widths=[5, 3])
     with torch.no_grad():
         final[1].weight[:, [0, 4]] = 0.0  # the gates removed inputs 0 and 4
     mask = kept_input_mask(final)

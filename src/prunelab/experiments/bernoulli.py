@@ -52,7 +52,7 @@ from prunelab.methods.magnitude import FixedMask
 from prunelab.models import mlp
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
 from prunelab.seed_noise import error_variance_split, misclassified, normal_range_probability
-from prunelab.shrink import kept_input_mask
+from prunelab.shrink import architecture, from_architecture, kept_input_mask
 from prunelab.threads import torch_threads
 from prunelab.train import Trainer, preload_optimizers
 
@@ -88,17 +88,11 @@ TARGETS = {"lenet-300-100": 2.0, "lenet5": 1.0}
 SPREAD_LIMIT_PTS = 0.3  # the robustness claim's largest error spread (max - min, points)
 
 
-START_WIDTHS = {"lenet-300-100": (300, 100), "lenet5": (20, 50, 500)}
-
-
-def build(kind: str, factor: int, input_shape: tuple[int, ...], num_classes: int,
-          widths: list[int] | None = None) -> nn.Module:
-    """LeNet-300-100 or Caffe LeNet-5 with every hidden width multiplied by `factor`, or with
-    the given hidden `widths` ([h1, h2] or [conv1, conv2, fc]) instead."""
-    widths = list(widths or [w * factor for w in START_WIDTHS[kind]])
+def build(kind: str, factor: int, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """LeNet-300-100 or Caffe LeNet-5 with every hidden width multiplied by `factor`."""
     if kind == "lenet-300-100":
-        return mlp(input_shape, num_classes, widths=widths)
-    c1, c2, h = widths
+        return mlp(input_shape, num_classes, widths=(300 * factor, 100 * factor))
+    c1, c2, h = 20 * factor, 50 * factor, 500 * factor
     side = ((input_shape[1] - 4) // 2 - 4) // 2
     return nn.Sequential(
         nn.Conv2d(input_shape[0], c1, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -134,10 +128,13 @@ def default_plan(quick: bool) -> dict[str, Any]:
 
 
 def _train(kind: str, factor: int, seed: int, data, epochs: int, method: PruningMethod,
-           device: str, progress: bool | None, widths: list[int] | None = None
+           device: str, progress: bool | None, chain: list[dict[str, Any]] | None = None
            ) -> tuple[Any, nn.Module, float]:
+    """Train the x`factor` start network, or the `chain` (`prunelab.shrink.architecture`)
+    instead, freshly initialised under `seed`."""
     torch.manual_seed(seed)
-    model = build(kind, factor, data.input_shape, data.num_classes, widths)
+    model = (build(kind, factor, data.input_shape, data.num_classes) if chain is None
+             else from_architecture(chain))
     cfg = TrainConfig(epochs=epochs, batch_size=100, optimizer="adam", lr=1e-3,
                       lr_schedule="cosine", seed=seed, eval_train=False,
                       checkpoint_epochs=False, device=device)
@@ -250,7 +247,7 @@ def _scratch_twin(kind: str, row: dict[str, Any], final: nn.Module, data, epochs
     if row["input_features"] is not None:
         twin = FixedMask(masks_in=kept_input_mask(final))
     res, model, secs = _train(kind, 1, row["seed"], data, epochs, twin, device, progress,
-                              widths=row["widths"])
+                              chain=architecture(final))
     return {"seed": row["seed"], "widths": row["widths"],
             "test_error_pct": 100 * (1 - res.final["test_accuracy"]),
             "bernoulli_error_pct": row["test_error_pct"], "seconds": secs,
