@@ -289,12 +289,21 @@ def load_data(cfg: RunConfig) -> Dataset:
                         **cfg.data_options)
 
 
-def prepare(cfg: RunConfig) -> tuple[Dataset, nn.Module, PruningMethod]:
-    """Load the data, build the model (seeded init) and the method for a run config."""
+def prepare(cfg: RunConfig, data: Dataset | None = None, method: PruningMethod | None = None,
+            architecture: list[dict[str, Any]] | None = None
+            ) -> tuple[Dataset, nn.Module, PruningMethod]:
+    """Load the data and build the method (unless given) and the model (seeded init) for a
+    run config; `architecture` (`prunelab.shrink.architecture`) builds that chain in place of
+    the config's model."""
     cfg.train.validate()
-    data = load_data(cfg)
-    method = build_method(cfg.method, **cfg.method_options)
+    if data is None:
+        data = load_data(cfg)
+    method = method or build_method(cfg.method, **cfg.method_options)
     torch.manual_seed(init_seed(cfg))
+    if architecture is not None:
+        from prunelab.shrink import from_architecture
+
+        return data, from_architecture(architecture), method
     model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
     return data, model, method
 
@@ -314,19 +323,7 @@ def run(
     directory renamed into place only on success, ending with results.json. `architecture`
     (`prunelab.shrink.architecture` of a shrunk network) replaces the config's model by that
     chain, freshly initialised with the run's init seed; the run then also saves shrunk.pt."""
-    if data is None:
-        data, model, built_method = prepare(cfg)
-        method = method or built_method
-    else:
-        cfg.train.validate()
-        method = method or build_method(cfg.method, **cfg.method_options)
-        torch.manual_seed(init_seed(cfg))
-        model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
-    if architecture is not None:
-        from prunelab.shrink import from_architecture
-
-        torch.manual_seed(init_seed(cfg))
-        model = from_architecture(architecture)
+    data, model, method = prepare(cfg, data, method, architecture)
     if initial_state is not None:
         model.load_state_dict(initial_state)
     if out_dir is None:
