@@ -230,9 +230,14 @@ def _dense_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The first seed's dense run plus the test error and wall time of every dense seed: the
     recipe's own seed-to-seed noise, against which the Bernoulli runs' error spread can be
     read, and the wall-time reference for the x1 runs of the same seeds."""
-    errs = [r["test_error_pct"] for r in runs]
     first = {k: v for k, v in runs[0].items() if k != "test_mistakes"}
-    return {**first, "seeds": [r["seed"] for r in runs], "seed_errors_pct": errs,
+    return {**first, **_per_seed(runs)}
+
+
+def _per_seed(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seeds, test errors, wall times and mistakes of several runs, with their error stats."""
+    errs = [r["test_error_pct"] for r in runs]
+    return {"seeds": [r["seed"] for r in runs], "seed_errors_pct": errs,
             "seed_seconds": [r["seconds"] for r in runs],
             "seed_test_mistakes": [r.get("test_mistakes") for r in runs], **_error_stats(errs)}
 
@@ -257,14 +262,10 @@ def _scratch_twin(kind: str, row: dict[str, Any], final: nn.Module, data, epochs
 def _scratch_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Scratch twins of the x1 runs: their errors, and the Bernoulli runs' errors minus their
     twins' (negative: the gated network is better than its architecture trained alone)."""
-    errs = [r["test_error_pct"] for r in runs]
     gaps = [r["bernoulli_error_pct"] - r["test_error_pct"] for r in runs]
-    return {"seeds": [r["seed"] for r in runs], "widths": [r["widths"] for r in runs],
-            "seed_errors_pct": errs, "bernoulli_errors_pct": [r["bernoulli_error_pct"]
-                                                              for r in runs],
-            "gap_pts": gaps, "gap_mean_pts": statistics.mean(gaps),
-            "seed_seconds": [r["seconds"] for r in runs],
-            "seed_test_mistakes": [r["test_mistakes"] for r in runs], **_error_stats(errs)}
+    return {**_per_seed(runs), "widths": [r["widths"] for r in runs],
+            "bernoulli_errors_pct": [r["bernoulli_error_pct"] for r in runs],
+            "gap_pts": gaps, "gap_mean_pts": statistics.mean(gaps)}
 
 
 def _schedule(dense_seeds: list[int], runs: list[tuple[int, int]]
