@@ -86,6 +86,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "sparsity" not in method_options(cfg.method):
             raise PrunelabError(f"method '{cfg.method}' takes no --sparsity")
         cfg.method_options["sparsity"] = args.sparsity
+    if args.keep_first_last:
+        if "keep_first_last" not in method_options(cfg.method):
+            raise PrunelabError(f"method '{cfg.method}' takes no --keep-first-last")
+        cfg.method_options["keep_first_last"] = True
     if args.weight is not None:
         if "weight" not in method_options(cfg.method):
             raise PrunelabError(f"method '{cfg.method}' takes no --weight")
@@ -192,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="registered dataset name or a data file path")
     p.add_argument("--method", help="a method name ('prunelab train --method list' lists them)")
     p.add_argument("--sparsity", type=float, help="target weight sparsity in [0, 1)")
+    p.add_argument("--keep-first-last", action="store_true",
+                   help="keep the first and last Linear/Conv layer dense (Gale et al.)")
     p.add_argument("--weight", type=float,
                    help="biobjective: weight of the cross-entropy in (0, 1] (l1 gets 1 - weight)")
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",

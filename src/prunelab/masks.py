@@ -45,13 +45,29 @@ CHAIN_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 
+def first_last_layers(
+    model: nn.Module, layer_types: tuple[type, ...] = PRUNABLE_LAYERS
+) -> tuple[str, ...]:
+    """Names of the first and the last Linear/Conv layer in registration order (the stem
+    convolution and the classifier of the usual networks), which Gale et al. keep dense."""
+    names = [n for n, m in model.named_modules() if isinstance(m, layer_types)]
+    return tuple(dict.fromkeys(names[:1] + names[-1:]))
+
+
 def prunable_parameters(
-    model: nn.Module, *, include_bias: bool = False, layer_types: tuple[type, ...] = PRUNABLE_LAYERS
+    model: nn.Module,
+    *,
+    include_bias: bool = False,
+    layer_types: tuple[type, ...] = PRUNABLE_LAYERS,
+    keep_first_last: bool = False,
 ) -> dict[str, nn.Parameter]:
-    """Weights (and optionally biases) of Linear/Conv layers, by parameter name, in order."""
+    """Weights (and optionally biases) of Linear/Conv layers, by parameter name, in order.
+    BatchNorm (and any other) parameters are never included; `keep_first_last` leaves out the
+    first and last layer (`first_last_layers`)."""
     out: dict[str, nn.Parameter] = {}
+    skip = set(first_last_layers(model, layer_types)) if keep_first_last else set()
     for mod_name, mod in model.named_modules():
-        if isinstance(mod, layer_types):
+        if isinstance(mod, layer_types) and mod_name not in skip:
             prefix = f"{mod_name}." if mod_name else ""
             out[prefix + "weight"] = mod.weight
             if include_bias and getattr(mod, "bias", None) is not None:
@@ -59,12 +75,14 @@ def prunable_parameters(
     return out
 
 
-def full_masks(model: nn.Module, *, include_bias: bool = False) -> Masks:
-    """All-True masks for every prunable parameter."""
-    return {
-        n: torch.ones_like(p, dtype=torch.bool)
-        for n, p in prunable_parameters(model, include_bias=include_bias).items()
-    }
+def full_masks(
+    model: nn.Module, *, include_bias: bool = False, keep_first_last: bool = False
+) -> Masks:
+    """All-True masks for every prunable parameter (without the first and last layer when
+    `keep_first_last`: those stay dense because no mask covers them)."""
+    params = prunable_parameters(model, include_bias=include_bias,
+                                 keep_first_last=keep_first_last)
+    return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
 
 
 def masks_from_weights(model: nn.Module) -> Masks:

@@ -1,10 +1,12 @@
-"""Model registry. Every model is an `nn.Sequential` chain so layers, units and their order
-are explicit (unit masks, shrinking and FLOP counting walk the chain).
+"""Model registry. The MNIST-scale models are `nn.Sequential` chains; the CIFAR networks
+(`prunelab.cifar_nets`) are graphs with BatchNorm and residual additions.
 
 Models by name: `mlp` (any widths and activation), `lenet-300-100`, `lenet5` (Caffe
 20-50-800-500, ReLU after each conv as in most PyTorch reimplementations), `conv-small`
 (MNIST CNN 8-16-64 of Evci's thesis, 20,522 parameters on 28x28), `lenet5-avg` (6-16 conv 3x3,
-avgpool, 120-84-10 of Reiners et al.). Input shapes come from the dataset.
+avgpool, 120-84-10 of Reiners et al.), `resnet20`/`resnet32`/`resnet56` (He et al., option-A or
+B shortcuts), `wrn-16-4`/`wrn-22-2` (Zagoruyko & Komodakis), `vgg11-bn`/`vgg16-bn` (CIFAR
+variants); the CIFAR networks take a `width` multiplier. Input shapes come from the dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab import cifar_nets
 from prunelab.errors import ConfigError, UnknownNameError
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -125,6 +128,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": lenet5,
     "conv-small": conv_small,
     "lenet5-avg": lenet5_avg,
+    "resnet20": cifar_nets.resnet20,
+    "resnet32": cifar_nets.resnet32,
+    "resnet56": cifar_nets.resnet56,
+    "wrn-16-4": cifar_nets.wrn_16_4,
+    "wrn-22-2": cifar_nets.wrn_22_2,
+    "vgg11-bn": cifar_nets.vgg11_bn,
+    "vgg16-bn": cifar_nets.vgg16_bn,
 }
 
 

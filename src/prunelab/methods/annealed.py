@@ -198,4 +198,5 @@ class AnnealedPruning(MaskedMethod):
 
     def options(self) -> dict[str, Any]:
         return {"scope": self.scope, "sparsity": self.sparsity, "keep": self.keep, "mu": self.mu,
-                "length": self.length, "unit": self.unit, "warmup": self.warmup}
+                "length": self.length, "unit": self.unit, "warmup": self.warmup,
+                "keep_first_last": self.keep_first_last}

@@ -86,6 +86,7 @@ class MaskedMethod(PruningMethod):
     """Shared machinery for methods that keep a weight mask enforced during training."""
 
     scope: str = "global"
+    keep_first_last: bool = False  # the first and last Linear/Conv layer stay dense
 
     name = "masked"
 
@@ -94,7 +95,7 @@ class MaskedMethod(PruningMethod):
         self.enforcer = MaskEnforcer(ctx.model, self.initial_masks(ctx.model)).attach(ctx.optimizer)
 
     def initial_masks(self, model: nn.Module) -> Masks:
-        return full_masks(model)
+        return full_masks(model, keep_first_last=self.keep_first_last)
 
     @property
     def masks(self) -> Masks | None:

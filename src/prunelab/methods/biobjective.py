@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import ConfigError, check_range
-from prunelab.masks import MaskEnforcer, Masks
+from prunelab.masks import MaskEnforcer, Masks, first_last_layers
 from prunelab.methods.base import PruningMethod, TrainContext
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -140,6 +140,7 @@ class BiobjectiveTraining(PruningMethod):
     conv_l2: float = 5e-4
     persistent_mask: bool = False
     finetune_epochs: int = 0
+    keep_first_last: bool = False  # no l1 (and so no pruning) on the first and last layer
 
     name = "biobjective"
 
@@ -157,6 +158,12 @@ class BiobjectiveTraining(PruningMethod):
     def attach(self, ctx: TrainContext) -> None:
         super().attach(ctx)
         self._l1 = l1_parameters(ctx.model, self.l1_params)
+        if self.keep_first_last:
+            dense = set(first_last_layers(ctx.model))
+            self._l1 = {n: p for n, p in self._l1.items() if n.rpartition(".")[0] not in dense}
+            if not self._l1:
+                raise ConfigError("keep_first_last leaves no l1-penalised parameter "
+                                  f"(l1_params {self.l1_params})")
         self._l2 = conv_kernels(ctx.model, exclude=tuple(self._l1))
         if self.finetune_epochs and self.finetune_epochs >= ctx.epochs:
             raise ConfigError(

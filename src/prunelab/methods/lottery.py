@@ -29,6 +29,7 @@ class IMPConfig:
     rate: float = 0.2
     rewind: str = "0"  # epoch K, or 'Kit' for step K; '0' is the original init
     scope: str = "global"
+    keep_first_last: bool = False  # the first and last Linear/Conv layer stay dense
 
     def validate(self) -> IMPConfig:
         check_range("rounds", self.rounds, 1)
@@ -66,7 +67,8 @@ def run_imp(
             raise ConfigError(f"rewind point '{ckpt}' is beyond the training run")
         masks = None
         final = results[0]
-        names = list(prunable_parameters(_model_like(dense_cfg, data)))
+        names = list(prunable_parameters(_model_like(dense_cfg, data),
+                                         keep_first_last=imp.keep_first_last))
         for level in range(1, imp.rounds + 1):
             scores = {n: final.final_state[n].abs() for n in names}
             sparsity = 1.0 - (1.0 - imp.rate) ** level

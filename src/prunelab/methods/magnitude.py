@@ -110,6 +110,9 @@ class FixedMask(MaskedMethod):
     def __post_init__(self) -> None:
         if self.masks_in is None and self.masks_path is None:
             raise ConfigError("method 'fixed-mask' needs masks_path (a masks.pt file)")
+        if self.keep_first_last:
+            raise ConfigError("method 'fixed-mask' takes its layers from the mask file; "
+                              "keep_first_last does not apply (leave those layers out of it)")
 
     def initial_masks(self, model: nn.Module) -> Masks:
         if self.masks_in is None:
