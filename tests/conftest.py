@@ -41,3 +41,21 @@ def tiny_cnn():
         torch.nn.Conv2d(4, 6, 3), torch.nn.ReLU(), torch.nn.Flatten(),
         torch.nn.Linear(6 * 2 * 2, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3),
     )
+
+
+def tiny_images(n_train=64, n_test=32, shape=(3, 28, 28), classes=4, seed=0):
+    """A tiny image Dataset for the CIFAR networks: class-dependent shifts of one channel,
+    learnable in a few steps."""
+    from prunelab.data.base import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(n):
+        y = torch.arange(n) % classes
+        x = torch.randn(n, *shape, generator=g) * 0.5
+        x[:, 0] += (y.float() - classes / 2).view(-1, 1, 1)
+        return x, y
+
+    xtr, ytr = draw(n_train)
+    xte, yte = draw(n_test)
+    return Dataset("tiny-images", xtr, ytr, xte, yte, classes)

@@ -166,3 +166,29 @@ def test_quick_reproduction(tmp_path):
     assert (tmp_path / "do" / "figures" / "census.png").is_file()
     assert len(res["claims"]) == 4 and all(isinstance(c["held"], bool) for c in res["claims"])
     assert not (tmp_path / ".do.census-work").exists()
+
+
+def test_ensemble_of_batchnorm_resnets_matches_one_by_one():
+    """vmap ensembles of non-chain models with buffers: each member's BatchNorm keeps its own
+    running statistics and follows its lone Trainer run."""
+    from conftest import tiny_images
+
+    data = tiny_images(n_train=48, n_test=24, shape=(1, 28, 28), classes=3)
+    model_fn = lambda: build_model("resnet20", data.input_shape, 3, width=0.125)
+    cfg = TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, eval_train=False)
+    seeds = [3, 4]
+    ens = EnsembleTrainer(model_fn, data, cfg, seeds,
+                          method=build_method("annealed", sparsity=0.5, unit="step",
+                                              length=4)).fit()
+    assert ens.buffers["bn1.running_mean"].shape[0] == 2
+    for r, s in enumerate(seeds):
+        torch.manual_seed(s)
+        one = Trainer(model_fn(), data, TrainConfig(**{**cfg.__dict__, "seed": s}),
+                      build_method("annealed", sparsity=0.5, unit="step", length=4),
+                      progress=False).fit()
+        state = ens.member_state(r)
+        assert set(state) == set(one.final_state)
+        for k in one.final_state:
+            torch.testing.assert_close(state[k], one.final_state[k], atol=1e-4, rtol=1e-3)
+        assert float(ens.final["test_loss"][r]) == pytest.approx(one.final["test_loss"],
+                                                                 rel=1e-3)

@@ -5,28 +5,12 @@ sparsity report counts FLOPs from forward hooks."""
 import pytest
 import torch
 
+from conftest import tiny_images
 from prunelab.config import RunConfig, TrainConfig
-from prunelab.data.base import Dataset
 from prunelab.masks import prunable_parameters
 from prunelab.methods import build_method
 from prunelab.models import build_model
 from prunelab.train import Trainer
-
-
-def tiny_images(n_train=64, n_test=32, shape=(3, 28, 28), classes=4, seed=0) -> Dataset:
-    """Class-dependent blobs of colour, learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-
-    def draw(n):
-        y = torch.arange(n) % classes
-        x = torch.randn(n, *shape, generator=g) * 0.5
-        x[:, 0] += (y.float() - classes / 2).view(-1, 1, 1)
-        return x, y
-
-    xtr, ytr = draw(n_train)
-    xte, yte = draw(n_test)
-    return Dataset("tiny-images", xtr, ytr, xte, yte, classes)
-
 
 METHOD_OPTIONS = {
     "magnitude": {"sparsity": 0.8},
@@ -104,3 +88,17 @@ def test_imp_and_fixed_mask_runs_on_a_resnet(tmp_path):
     params = dict(res.final_state)
     for name, mask in final.masks.items():
         assert torch.all(params[name][~mask] == 0)
+
+
+def test_sparsity_report_leaves_batchnorm_statistics_alone():
+    """The FLOP probe runs in eval mode: a train-mode probe folded a zero image into every
+    BatchNorm's running statistics at the end of each training run."""
+    from prunelab.masks import sparsity_report
+
+    model = build_model("resnet20", (3, 28, 28), 10, width=0.125).train()
+    model(torch.randn(8, 3, 28, 28))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = sparsity_report(model, None, (3, 28, 28))
+    assert report["global"]["flops_dense"] > 0
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -347,11 +347,14 @@ def _layer_geometry(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
             def hook(m, inp, out, name=name):
                 positions[name] = int(out[0, 0].numel()) if out.dim() > 2 else 1
             hooks.append(mod.register_forward_hook(hook))
+    was_training = model.training
     try:
         p = next(model.parameters())
+        model.eval()  # a train-mode probe would fold the zeros into BatchNorm's running stats
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     return positions

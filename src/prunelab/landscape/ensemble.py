@@ -11,7 +11,12 @@ Two backends compute the stacked forward pass:
 - `bmm`: for `nn.Sequential` chains of Linear layers, Flatten and elementwise activations
   (all `prunelab.models.mlp` nets): one batched matmul per layer. The fastest on CPU
   (benchmarks/ensemble_vs_loop.py measures it against `vmap`).
-- `vmap`: any model without buffers, via `torch.func.functional_call` under `torch.vmap`.
+- `vmap`: any model, via `torch.func.functional_call` under `torch.vmap`. Buffers (BatchNorm
+  running statistics) are stacked per member like the parameters: training runs the base model
+  in train mode, so each member's BatchNorm normalises with its own batch statistics and
+  updates its own running statistics in place; evaluation runs in eval mode on them. Dropout
+  draws different masks per member (`randomness="different"`), so with dropout a member no
+  longer follows its lone Trainer run exactly.
 
 Methods: dense (`PruningMethod`), `AnnealedPruning` (each member anneals its own mask, same
 schedule and selection rule as the method) and `FixedMask` (one mask for all members, or
@@ -82,15 +87,19 @@ class EnsembleResult:
     final: dict[str, torch.Tensor]  # train_loss, train_accuracy, test_loss, test_accuracy: (R,)
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # stacked, final
+    initial_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return len(self.seeds)
 
     def member_state(self, r: int, initial: bool = False) -> dict[str, torch.Tensor]:
-        """One member's weights as a state dict of the base model."""
+        """One member's weights (and buffers, e.g. BatchNorm statistics) as a state dict of
+        the base model."""
         src = self.initial_params if initial else self.params
-        return {k: v[r].clone() for k, v in src.items()}
+        bufs = self.initial_buffers if initial else self.buffers
+        return {k: v[r].clone() for k, v in {**src, **bufs}.items()}
 
     def member_masks(self, r: int) -> dict[str, torch.Tensor] | None:
         return None if self.masks is None else {k: v[r].clone() for k, v in self.masks.items()}
@@ -141,8 +150,6 @@ class EnsembleTrainer:
                 m.load_state_dict(initial_states[r])
             models.append(m)
         self.base = models[0]
-        if any(True for _ in self.base.buffers()):
-            raise ConfigError("ensemble training needs a model without buffers (no batch norm)")
         self.backend = backend
         if backend == "auto":
             self.backend = "bmm" if bmm_supported(self.base) else "vmap"
@@ -152,6 +159,10 @@ class EnsembleTrainer:
         names = [n for n, _ in self.base.named_parameters()]
         self.initial = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])
                         for n in names}
+        self.initial_buffers = {
+            n: torch.stack([dict(m.named_buffers())[n].detach() for m in models])
+            for n, _ in self.base.named_buffers()}
+        self.buffers = {k: v.clone() for k, v in self.initial_buffers.items()}
         self.prunable = list(prunable_parameters(self.base))
         self.masks = self._initial_masks(masks)
 
@@ -174,12 +185,19 @@ class EnsembleTrainer:
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Stacked logits (R, B, classes) for stacked inputs x (R, B, ...)."""
+    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor,
+                buffers: dict[str, torch.Tensor] | None = None, *, train: bool = False
+                ) -> torch.Tensor:
+        """Stacked logits (R, B, classes) for stacked inputs x (R, B, ...): in train mode
+        (batch statistics; `buffers` updated in place) or eval mode. `buffers` defaults to the
+        trainer's current stacked buffers."""
         if self.backend == "vmap":
             from torch.func import functional_call
 
-            return torch.vmap(lambda p, xb: functional_call(self.base, p, (xb,)))(params, x)
+            buffers = self.buffers if buffers is None else buffers
+            self.base.train(train)
+            return torch.vmap(lambda p, b, xb: functional_call(self.base, (p, b), (xb,)),
+                              randomness="different")(params, buffers, x)
         h = x
         for name, mod in _leaves(self.base):
             if isinstance(mod, nn.Linear):
@@ -194,16 +212,18 @@ class EnsembleTrainer:
 
     @torch.no_grad()
     def evaluate(
-        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+        buffers: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-member mean loss and accuracy on (x, y): tensors of shape (R,)."""
+        """Per-member mean loss and accuracy on (x, y) in eval mode: tensors of shape (R,).
+        `buffers` (stacked) defaults to the trainer's current ones."""
         r = len(self.seeds)
         bs = self.config.eval_batch_size
         loss = torch.zeros(r)
         correct = torch.zeros(r)
         for i in range(0, x.shape[0], bs):
             xb, yb = x[i : i + bs], y[i : i + bs]
-            out = self.forward(params, xb.unsqueeze(0).expand(r, *xb.shape))
+            out = self.forward(params, xb.unsqueeze(0).expand(r, *xb.shape), buffers)
             ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.repeat(r), reduction="none")
             loss += ce.view(r, -1).sum(1)
             correct += (out.argmax(-1) == yb.unsqueeze(0)).sum(1)
@@ -211,12 +231,13 @@ class EnsembleTrainer:
         return {"loss": loss / n, "accuracy": correct / n}
 
     @torch.no_grad()
-    def predict(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Predicted classes (R, n) of every member on x."""
+    def predict(self, params: dict[str, torch.Tensor], x: torch.Tensor,
+                buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Predicted classes (R, n) of every member on x (eval mode)."""
         r = len(self.seeds)
         bs = self.config.eval_batch_size
-        outs = [self.forward(params, x[i : i + bs].unsqueeze(0).expand(r, *x[i : i + bs].shape))
-                .argmax(-1) for i in range(0, x.shape[0], bs)]
+        outs = [self.forward(params, x[i : i + bs].unsqueeze(0).expand(r, *x[i : i + bs].shape),
+                             buffers).argmax(-1) for i in range(0, x.shape[0], bs)]
         return torch.cat(outs, dim=1)
 
     # ------------------------------------------------------------------ training
@@ -269,6 +290,7 @@ class EnsembleTrainer:
         holder = _Holder({k: v.clone() for k, v in self.initial.items()})
         params = holder.as_dict()
         initial = {k: v.detach().clone() for k, v in params.items()}  # before masking, as Trainer
+        self.buffers = {k: v.clone() for k, v in self.initial_buffers.items()}
         with torch.no_grad():
             for k, m in self.masks.items():
                 params[k].mul_(m)
@@ -287,7 +309,7 @@ class EnsembleTrainer:
                 xb, yb = x[idx], y[idx]
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
-                out = self.forward(params, xb)
+                out = self.forward(params, xb, train=True)
                 ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1),
                                      reduction="none").view(r, -1).mean(1)
                 opt.zero_grad(set_to_none=True)
@@ -320,7 +342,9 @@ class EnsembleTrainer:
         final = {"train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                  "test_loss": te["loss"], "test_accuracy": te["accuracy"]}
         masks = {k: m.clone() for k, m in self.masks.items()} if self.masks else None
-        return EnsembleResult(final_params, initial, masks, self.seeds, final, seconds, history)
+        return EnsembleResult(final_params, initial, masks, self.seeds, final, seconds, history,
+                              {k: v.clone() for k, v in self.buffers.items()},
+                              {k: v.clone() for k, v in self.initial_buffers.items()})
 
 
 def train_ensemble(
