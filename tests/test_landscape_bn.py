@@ -76,3 +76,35 @@ def test_bezier_curve_endpoints_exact_with_batchnorm(two_resnets, subspace):
         both = {n: ra.masks[n] & rb.masks[n] for n in ra.masks}
         assert all(torch.all(bend[n][~m] == 0) for n, m in both.items())
         assert any(torch.any(bend[n][m] != 0) for n, m in both.items())
+
+
+def test_hessian_of_a_batchnorm_resnet_is_taken_in_eval_mode(two_resnets):
+    """The operator uses running statistics whatever the model's mode: products do not depend
+    on the chunk size, agree with autograd's Hessian of the eval-mode loss, and the model's
+    mode and statistics are left alone."""
+    from prunelab.landscape.hessian import HessianOperator
+
+    data, ((a, _), _) = two_resnets
+    tiny = build_model("resnet20", data.input_shape, 3, width=0.0625)
+    tiny.train()
+    with torch.no_grad():
+        tiny(data.x_train)  # nontrivial running statistics
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    x, y = data.x_train[:20].double(), data.y_train[:20]
+    whole = HessianOperator(tiny, x, y, dtype="float64")
+    chunked = HessianOperator(tiny, x, y, dtype="float64", batch_size=7)
+    v = torch.randn(whole.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(whole.matvec(v), chunked.matvec(v), rtol=1e-10, atol=1e-12)
+    assert tiny.training and all(torch.equal(before[k], t) for k, t in tiny.state_dict().items())
+
+    ref_model = copy.deepcopy(tiny).double().eval()  # reverse-over-reverse product
+    params = list(ref_model.parameters())
+    loss = torch.nn.functional.cross_entropy(ref_model(x), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    parts, i = [], 0
+    for p in params:
+        parts.append(v[i:i + p.numel()].view_as(p))
+        i += p.numel()
+    hv = torch.autograd.grad(sum((g * u).sum() for g, u in zip(grads, parts)), params)
+    torch.testing.assert_close(whole.matvec(v), torch.cat([h.reshape(-1) for h in hv]),
+                               rtol=1e-8, atol=1e-10)

@@ -14,6 +14,7 @@ full-batch products whatever the chunk size.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -61,7 +62,8 @@ class HessianOperator:
     """The Hessian (or Gauss-Newton part, or residual) of the mean loss over (x, y) at `params`.
 
     model: any module mapping a batch of x to outputs; it is only read (its parameters, buffers
-        and mode are never changed).
+        and mode are never changed). The loss is always that of the model in eval mode
+        (BatchNorm on its running statistics, dropout off): a model in train mode is copied.
     params: the point, as {name: tensor} or a flat vector in `named_parameters` order
         (default: the model's current parameters).
     masks: weight masks {name: bool tensor}; masked-out entries are zero at the point. With
@@ -95,7 +97,9 @@ class HessianOperator:
         if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
             raise ConfigError(f"x and y must hold the same positive number of samples, got "
                               f"{x.shape[0]} and {y.shape[0]}")
-        self.model = model
+        # BatchNorm on its running statistics and no dropout: in train mode the loss would
+        # depend on how the data are chunked (and BatchNorm would update its statistics).
+        self.model = copy.deepcopy(model).eval() if model.training else model
         self.loss_fn = loss_fn or F.cross_entropy
         self.kind = kind
         self.subspace = subspace
