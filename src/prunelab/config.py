@@ -13,6 +13,7 @@ import yaml
 
 from prunelab import atomic
 from prunelab.errors import ConfigError, check_range
+from prunelab.typecheck import check_fields
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step", "multistep")
@@ -42,6 +43,8 @@ class TrainConfig:
     checkpoint_epochs: bool = True
 
     def validate(self) -> TrainConfig:
+        check_fields(TrainConfig, {f.name: getattr(self, f.name)
+                                   for f in dataclasses.fields(self)}, "train.")
         check_range("epochs", self.epochs, 1)
         if self.steps is not None:
             check_range("steps", self.steps, 1)
@@ -96,8 +99,15 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
             f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(fields)}"
         )
     kwargs = dict(data)
-    if cls is RunConfig and isinstance(kwargs.get("train"), dict):
-        kwargs["train"] = _from_dict(TrainConfig, kwargs["train"], "train")
+    if cls is RunConfig:
+        train = kwargs.get("train")
+        if train is not None and not isinstance(train, dict):
+            raise ConfigError(f"train must be a mapping of training settings, got {train!r}")
+        if isinstance(train, dict):
+            kwargs["train"] = _from_dict(TrainConfig, train, "train")
+    prefix = "train." if cls is TrainConfig else ""
+    check_fields(cls, {k: v for k, v in kwargs.items() if k != "train" or cls is not RunConfig},
+                 prefix)
     return cls(**kwargs)
 
 

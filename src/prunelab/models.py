@@ -20,6 +20,7 @@ from torch import nn
 
 from prunelab import cifar_nets
 from prunelab.errors import ConfigError, UnknownNameError
+from prunelab.typecheck import check_call
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -40,7 +41,7 @@ def _activation(name: str) -> nn.Module:
 def mlp(
     input_shape: Sequence[int],
     num_classes: int,
-    widths: Sequence[int] = (100,),
+    widths: Sequence[int] | int = (100,),
     activation: str = "relu",
     bias: bool = True,
 ) -> nn.Sequential:
@@ -157,6 +158,7 @@ def build_model(
     if unknown:
         valid = ", ".join(params) or "none"
         raise ConfigError(f"model '{name}' has no option {', '.join(unknown)}; valid: {valid}")
+    check_call(factory, options, f"model '{name}' option ")
     return factory(tuple(input_shape), int(num_classes), **options)
 
 

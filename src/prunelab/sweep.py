@@ -267,6 +267,17 @@ def _validate_names(cfg: RunConfig, where: str) -> None:
     if unknown:
         raise ConfigError(f"{where}: method '{cfg.method}' has no option {', '.join(unknown)}; "
                           f"valid: {', '.join(valid) or 'none'}")
+    # option types are checked when the spec is loaded, not when the run starts
+    from prunelab.methods import METHODS
+    from prunelab.methods.lottery import IMPConfig
+    from prunelab.typecheck import check_call, check_fields
+
+    try:
+        cls = IMPConfig if cfg.method == "imp" else METHODS[cfg.method]
+        check_fields(cls, cfg.method_options, f"method '{cfg.method}' option ")
+        check_call(MODELS[cfg.model], cfg.model_options, f"model '{cfg.model}' option ")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _build_config(partial: dict[str, Any], where: str) -> RunConfig:

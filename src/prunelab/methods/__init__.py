@@ -12,6 +12,7 @@ from prunelab.methods.bernoulli import BernoulliGating
 from prunelab.methods.biobjective import BiobjectiveTraining
 from prunelab.methods.magnitude import FixedMask, GradualMagnitude, OneShotMagnitude
 from prunelab.methods.units import UnitPruning
+from prunelab.typecheck import check_fields
 
 METHODS: dict[str, type[PruningMethod]] = {
     "dense": PruningMethod,
@@ -55,6 +56,7 @@ def build_method(name: str, **options: Any) -> PruningMethod:
             f"method '{name}' has no option {', '.join(unknown)}; "
             f"valid: {', '.join(valid) or 'none'}"
         )
+    check_fields(METHODS[name], options, f"method '{name}' option ")
     return METHODS[name](**options)
 
 

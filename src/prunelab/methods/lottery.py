@@ -19,6 +19,7 @@ from prunelab.masks import prunable_parameters
 from prunelab.retrain import parse_init, retrain_from
 from prunelab.selection import select_masks
 from prunelab.train import TrainResult, load_data, run
+from prunelab.typecheck import check_fields
 
 
 @dataclass
@@ -50,6 +51,7 @@ def run_imp(
     if unknown:
         raise ConfigError(f"method 'imp' has no option {', '.join(sorted(unknown))}; valid: "
                           f"{', '.join(IMPConfig.__dataclass_fields__)}")
+    check_fields(IMPConfig, opts, "method 'imp' option ")
     imp = IMPConfig(**opts).validate()
     _, ckpt = parse_init(f"rewind:{imp.rewind}")
     dense_cfg = copy.deepcopy(cfg)
