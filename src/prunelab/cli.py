@@ -53,6 +53,21 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    """A finished run (or any other non-empty folder) at `out` is only replaced on request,
+    and the refusal comes before any training."""
+    if overwrite or not out.exists():
+        return
+    if out.is_file():
+        raise PrunelabError(f"--out {out} is a file; give a directory")
+    if (out / "results.json").is_file():
+        raise PrunelabError(f"{out} already holds a finished run; give --overwrite to replace "
+                            "it (with everything inside, e.g. hessian/) or another --out")
+    if any(out.iterdir()):
+        raise PrunelabError(f"{out} exists and is not empty; give --overwrite to replace it "
+                            "or another --out")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from prunelab.config import RunConfig, TrainConfig, load_config, parse_options
     from prunelab.data import DATASETS, _looks_like_path
@@ -96,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.method_options["weight"] = args.weight
     cfg.train = TrainConfig(**{**cfg.train.__dict__, **_train_overrides(args)}).validate()
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
+    _refuse_existing(out, args.overwrite)
     if cfg.method == "imp":
         from prunelab.methods.lottery import IMPConfig, run_imp, summarize
 
@@ -122,6 +138,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     tag = args.init.replace(":", "-")
     out = Path(args.out) if args.out else run_dir.with_name(f"{run_dir.name}-retrain-{tag}")
+    _refuse_existing(out, args.overwrite)
     result = retrain(run_dir, args.init, out_dir=out, seed=args.seed, progress=_progress(args))
     row = {"init": args.init, "test_accuracy": result.final["test_accuracy"],
            "test_loss": result.final["test_loss"],
@@ -208,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. --data-option n_irrelevant=20")
     p.add_argument("--data-dir", help="directory holding data files (else $PRUNELAB_DATA)")
     p.add_argument("--out", help="run directory (default runs/NAME-HASH)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run at --out (refused otherwise)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -218,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="scratch | original | rewind:K | rewind:Kit")
     p.add_argument("--seed", type=int, help="init seed for scratch (default: run seed + 1000)")
     p.add_argument("--out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run at --out (refused otherwise)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_retrain)
 
@@ -258,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     except PrunelabError as exc:
         message = " ".join(str(exc).split())  # always one line
         print(f"prunelab: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permission, read-only or full disk, a file in the path
+        from prunelab.errors import os_error_message
+
+        print(f"prunelab: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunelab: interrupted", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterable
 
 
@@ -28,6 +30,23 @@ class ConfigError(PrunelabError):
 
 class MaskError(PrunelabError):
     """Masks do not fit the model (names or shapes)."""
+
+
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error on a user's path (permission, read-only file
+    system, disk full, a file where a directory should be)."""
+    what = exc.strerror or type(exc).__name__
+    path = exc.filename2 or exc.filename
+    where = f" {path}" if path else ""
+    if exc.errno in _WRITE_ERRNOS:
+        return f"cannot write{where}: {what}"
+    if exc.errno == errno.ENOTDIR or (
+            exc.errno == errno.EEXIST and path and os.path.isfile(path)):
+        return f"cannot use{where}: a part of the path is a file, not a directory"
+    return f"cannot access{where}: {what}"
 
 
 def check_range(

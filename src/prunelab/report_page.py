@@ -419,7 +419,9 @@ def write_report(path: str | Path, out: str | Path | None = None) -> tuple[Path,
     try:
         markdown = build_markdown(sources, out_md)
     except OSError as exc:
-        raise PrunelabError(f"cannot read report inputs: {exc}") from None
+        from prunelab.errors import os_error_message
+
+        raise PrunelabError(os_error_message(exc)) from None
     atomic.write_text(out_md, markdown)
     atomic.write_text(out_html, render_html(markdown, out_md.parent))
     return out_html, out_md

@@ -688,6 +688,29 @@ class _SweepLock:
         self.fh.close()
 
 
+def _store_for(out: Path, spec: SweepSpec, overwrite: bool) -> Store:
+    """The sweep's results store; a folder holding a different spec's sweep is refused (its
+    results would mix with this one's) unless `overwrite`, which starts the folder afresh."""
+    recorded = out / "sweep.yaml"
+    if recorded.is_file():
+        try:
+            previous = yaml.safe_load(recorded.read_text())
+        except yaml.YAMLError:
+            previous = None
+        if previous != spec.raw:
+            if not overwrite:
+                raise ConfigError(f"{out} holds another sweep (its sweep.yaml differs from this "
+                                  "spec); give --overwrite to replace its results, or another "
+                                  "--out")
+            for name in (DB_NAME, "runs", "sweep.yaml"):
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    return Store(out / DB_NAME)
+
+
 def output_dir(spec: SweepSpec, out: str | Path | None = None) -> Path:
     """Where a sweep writes: --out, else the spec's `output`, else runs/sweeps/NAME."""
     return Path(out or spec.output or Path("runs") / "sweeps" / spec.name)
@@ -706,6 +729,7 @@ def run_sweep(
     log: Callable[[str], None] | None = None,
     context: str = "forkserver",
     ray_timeout: float = RAY_TIMEOUT,
+    overwrite: bool = False,
 ) -> SweepResult:
     """Run (or resume) every cell of `spec` into `out` and record each in OUT/results.db.
 
@@ -713,7 +737,8 @@ def run_sweep(
     threads per run (default cores // workers, at least 1); context: how the local pool
     starts workers (forkserver by default: torch and prunelab are imported once in the
     server and each worker is a fork of it; spawn imports them per worker; fork is cheapest
-    but unsafe once this process has used CUDA or a multi-threaded OpenMP pool)."""
+    but unsafe once this process has used CUDA or a multi-threaded OpenMP pool). A folder that
+    holds another spec's sweep is refused unless `overwrite`, which removes its results."""
     start = time.perf_counter()
     executor = executor or spec.executor
     if executor not in EXECUTORS:
@@ -735,7 +760,7 @@ def run_sweep(
     log = log or (lambda s: None)
     out = output_dir(spec, out)
     _preflight(spec.cells)
-    with _SweepLock(out), Store(out / DB_NAME) as store:
+    with _SweepLock(out), _store_for(out, spec, overwrite) as store:
         atomic.write_text(out / "sweep.yaml", yaml.safe_dump(spec.raw, sort_keys=False))
         store.add_runs(c.record(spec.name, out) for c in spec.cells)
         _clean_partials(out / "runs")

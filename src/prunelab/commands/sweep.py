@@ -23,6 +23,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec, out, executor=args.executor, workers=args.workers, threads=args.threads,
         address=args.address, retry_failed=args.retry_failed,
         progress=False if args.quiet else None, log=print, ray_timeout=args.ray_timeout,
+        overwrite=args.overwrite,
     )
     summary = summary_rows(result.rows)
     if summary:
@@ -52,6 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--task", action="append", metavar="NAME",
                    help="run only this task of the spec (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of another spec's sweep in the output folder")
     p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
