@@ -140,3 +140,38 @@ def test_demo_quick_writes_its_report(tmp_path, capsys):
     dense_digits = [r for r in results["summary"]
                     if r["task"] == "digits" and r["method"] == "dense"][0]
     assert dense_digits["test_accuracy"] > 0.9
+
+
+def test_readme_promises_imp_sparsity_checkpoint_steps_data_info_options(tmp_path, capsys):
+    from prunelab.cli import main
+
+    out = tmp_path / "imp"
+    code = main(["train", "--dataset", "xor", "--model", "mlp", "--model-option", "widths=[8]",
+                 "--method", "imp", "-o", "rounds=2", "--sparsity", "0.75", "--epochs", "1",
+                 "--checkpoint-steps", "2,3", "--quiet", "--out", str(out)])
+    assert code == 0
+    import yaml
+
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["options"]["sparsity"] == 0.75
+    assert summary["options"]["rate"] == pytest.approx(0.5)
+    assert summary["levels"][-1]["weight_sparsity"] == pytest.approx(0.75, abs=0.01)
+    assert (out / "level_0" / "checkpoints" / "step2.pt").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["method_options"]["sparsity"] == 0.75
+    capsys.readouterr()
+    assert main(["data", "info", "xor", "--data-option", "n_train=50",
+                 "--data-option", "validation=0.2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_train"] == 40 and info["evaluation"] == "validation"
+    assert main(["train", "--dataset", "xor", "--checkpoint-steps", "a", "--quiet"]) == 2
+
+
+def test_float_mask_files_are_refused(tmp_path):
+    from prunelab.errors import DataError
+    from prunelab.masks import load_masks
+
+    torch.save({"0.weight": torch.rand(3, 4)}, tmp_path / "scores.pt")
+    with pytest.raises(DataError, match="holds torch.float32 values, not True/False"):
+        load_masks(tmp_path / "scores.pt")
+    torch.save({"0.weight": torch.ones(3, 4, dtype=torch.uint8)}, tmp_path / "ok.pt")
+    assert load_masks(tmp_path / "ok.pt")["0.weight"].dtype == torch.bool

@@ -452,7 +452,8 @@ def _arff_with_missing(tmp_path: Path) -> Path:
 
 def test_missing_values_reject_and_mean(tmp_path):
     p = _arff_with_missing(tmp_path)
-    with pytest.raises(DataError, match='8 missing values in 1 columns; use missing="mean"'):
+    with pytest.raises(DataError, match="8 missing values in 1 columns; impute them with "
+                                        "training-column means: --data-option missing=mean"):
         load_tabular_file(p)
     with pytest.raises(ConfigError, match="missing must be one of reject, mean"):
         load_tabular_file(p, missing="median")
@@ -675,3 +676,16 @@ def test_real_madelon_meta_and_leukemia_split_files():
     assert not np.isnan(x).any()
     ds = load_tabular_file(root / "tabular" / "leukemia_test_34x7129.arff.gz")
     assert ds.n_train + ds.n_test == 34 and ds.input_shape == (7129,)
+
+
+def test_libsvm_is_read_sparse_and_densified_only_when_it_fits(tmp_path):
+    """A file with a huge feature index and few rows is parsed sparse; densifying is refused in
+    one line when it would not fit, instead of allocating rows x max-index."""
+    p = tmp_path / "wide.svm"
+    p.write_text("1 5:1 50000000:2\n-1 3:1\n")
+    with pytest.raises(DataError, match=r"2 rows x 50000000 features need 0\.7 GiB"):
+        read_libsvm(p, max_dense_bytes=100 * 1024**2)
+    small = tmp_path / "small.svm.gz"
+    small.write_bytes(gzip.compress(b"1 4:2\n-1 1:1\n"))
+    x, y = read_libsvm(small)
+    assert x.shape == (2, 4) and x[0, 3] == 2.0 and y.tolist() == [1, -1]

@@ -43,13 +43,25 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--lr-schedule", help="constant, cosine, step or multistep")
     g.add_argument("--seed", type=int)
+    g.add_argument("--checkpoint-steps", type=_int_list, metavar="K[,K...]",
+                   help="also save the weights after these steps (for rewind:Kit)")
     g.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers K[,K...], got '{text}'") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected step numbers >= 1, got '{text}'")
+    return values
+
+
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("epochs", "steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-            "lr_schedule", "seed", "device")
+            "lr_schedule", "seed", "device", "checkpoint_steps")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -116,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from prunelab.methods.lottery import IMPConfig, run_imp, summarize
 
         results = run_imp(cfg, out, progress=_progress(args))
-        rows = summarize(IMPConfig(**cfg.method_options), results)["levels"]
+        rows = summarize(IMPConfig(**cfg.method_options).validate(), results)["levels"]
         _print_table(rows, ["level", "weight_sparsity", "test_accuracy", "test_loss"])
     else:
         from prunelab.train import run
@@ -170,7 +182,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         for p in paths:
             print(p)
         return 0
-    data = load_dataset(args.name, data_dir=args.data_dir)
+    from prunelab.config import parse_options
+
+    options = parse_options(args.data_option, "--data-option")
+    data = load_dataset(args.name, data_dir=args.data_dir, **options)
     print(json.dumps(data.summary(), indent=2))
     return 0
 
@@ -246,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "download", "info"])
     p.add_argument("name", nargs="?")
     p.add_argument("--data-dir")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="info: dataset options, e.g. --data-option validation=0.1")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("demo", help="the main job on built-in data (minutes on a laptop)")

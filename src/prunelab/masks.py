@@ -469,6 +469,12 @@ def load_masks(path: str | Path, model: nn.Module | None = None) -> Masks:
         ) from None
     if not isinstance(masks, dict) or not all(isinstance(m, torch.Tensor) for m in masks.values()):
         raise DataError(f"{path} does not hold a dict of mask tensors")
+    for name, m in masks.items():
+        if m.dtype != torch.bool and (m.is_floating_point() or m.is_complex()
+                                      or not bool(((m == 0) | (m == 1)).all())):
+            raise DataError(f"{path}: the mask for '{name}' holds {m.dtype} values, not "
+                            "True/False (scores? select a mask from them first, e.g. "
+                            "prunelab.selection.select_masks)")
     masks = {n: m.bool() for n, m in masks.items()}
     if model is not None:
         validate_masks(model, masks)

@@ -13,6 +13,7 @@ it spans (so missing="mean" imputes category frequencies).
 from __future__ import annotations
 
 import csv
+import io
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -431,66 +432,71 @@ def read_csv(
 # libsvm
 
 
+MAX_DENSE_BYTES = 4 * 1024**3  # a libsvm file densified beyond this is refused
+
+
 def read_libsvm(
-    path: str | Path, *, n_features: int | None = None
+    path: str | Path, *, n_features: int | None = None, max_dense_bytes: int = MAX_DENSE_BYTES
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read 'label idx:val ...' lines (1-based indices) into dense X (float64) and labels.
 
-    n_features defaults to the largest index present; absent entries are 0.
+    The file is parsed into a sparse matrix by scikit-learn's `load_svmlight_file` and only
+    densified when rows x features x 8 bytes fits `max_dense_bytes` (else a DataError says
+    how much it would take). n_features defaults to the largest index present; absent
+    entries are 0. A malformed file is reported with the line of its first bad entry.
     """
+    from sklearn.datasets import load_svmlight_file
+
     path = Path(path)
     if n_features is not None:
         if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)):
             raise ConfigError(f"n_features must be an integer, got {n_features!r}")
         check_range("n_features", int(n_features), 1)
-    labels: list[str] = []
-    entries: list[tuple[list[int], list[float]]] = []
-    max_idx = 0
-    for lineno, raw in enumerate(_read_text(path).splitlines(), start=1):
+    raw = read_file_bytes(path)
+    try:
+        x_sparse, y = load_svmlight_file(io.BytesIO(raw), zero_based=False, dtype=np.float64)
+    except ValueError as exc:
+        _locate_libsvm_error(path, raw.decode("utf-8", errors="replace"))
+        raise DataError(f"{path}: not a libsvm file ({' '.join(str(exc).split())})") from None
+    if x_sparse.shape[0] == 0:
+        raise DataError(f"{path} has no data lines")
+    max_idx = x_sparse.shape[1]
+    if n_features is not None and max_idx > n_features:
+        raise DataError(f"{path} has feature index {max_idx}, above n_features={n_features}")
+    d = int(n_features) if n_features is not None else max_idx
+    need = x_sparse.shape[0] * d * 8
+    if need > max_dense_bytes:
+        raise DataError(f"{path}: {x_sparse.shape[0]} rows x {d} features need "
+                        f"{need / 1024**3:.1f} GiB as a dense array, above the "
+                        f"{max_dense_bytes / 1024**3:.1f} GiB limit")
+    x = np.zeros((x_sparse.shape[0], d), dtype=np.float64)
+    x[:, :max_idx] = x_sparse.toarray()
+    return x, (y.astype(np.int64) if np.all(y == np.round(y)) else y)
+
+
+def _locate_libsvm_error(path: Path, text: str) -> None:
+    """Raise a DataError naming the line of the first malformed entry (if one is found)."""
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         tokens = line.split()
         if ":" in tokens[0] or "," in tokens[0]:
             raise DataError(
-                f"{path}, line {lineno}: expected a single label first, found {tokens[0]!r}"
-            )
-        labels.append(tokens[0])
-        idx: list[int] = []
-        vals: list[float] = []
+                f"{path}, line {lineno}: expected a single label first, found {tokens[0]!r}")
         for tok in tokens[1:]:
             key, sep, val = tok.partition(":")
-            if key == "qid":
-                continue
             try:
                 if not sep:
                     raise ValueError
-                i, v = int(key), float(val)
+                i = int(key) if key != "qid" else 1
+                float(val)
             except ValueError:
                 raise DataError(
-                    f"{path}, line {lineno}: entry {tok!r} is not 'index:value'"
-                ) from None
+                    f"{path}, line {lineno}: entry {tok!r} is not 'index:value'") from None
             if i < 1:
-                raise DataError(
-                    f"{path}, line {lineno}: feature index {i} is not >= 1 (indices are 1-based)"
-                )
-            idx.append(i - 1)
-            vals.append(v)
-            max_idx = max(max_idx, i)
-        entries.append((idx, vals))
-    if not labels:
-        raise DataError(f"{path} has no data lines")
-    if n_features is not None and max_idx > n_features:
-        raise DataError(f"{path} has feature index {max_idx}, above n_features={n_features}")
-    d = int(n_features) if n_features is not None else max_idx
-    x = np.zeros((len(labels), d), dtype=np.float64)
-    for r, (idx, vals) in enumerate(entries):
-        x[r, idx] = vals
-    try:
-        y = np.array([float(v) for v in labels])
-    except ValueError:
-        return x, np.array(labels, dtype=str)
-    return x, (y.astype(np.int64) if np.all(y == np.round(y)) else y)
+                raise DataError(f"{path}, line {lineno}: feature index {i} is not >= 1 "
+                                "(indices are 1-based)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,7 +614,8 @@ def load_tabular_file(
         n_cols = int(nan.any(axis=0).sum())
         raise DataError(
             f"{path} has {n_missing} missing values in {n_cols} columns; "
-            "use missing=\"mean\" to impute them with training-column means"
+            "impute them with training-column means: --data-option missing=mean "
+            "(missing=\"mean\" in Python)"
         )
     train_idx, test_idx = stratified_split(y, test_fraction, int(seed))
     if len(train_idx) == 0 or len(test_idx) == 0:

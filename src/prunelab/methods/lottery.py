@@ -27,13 +27,22 @@ class IMPConfig:
     """Options of iterative magnitude pruning."""
 
     rounds: int = 5
-    rate: float = 0.2
+    rate: float | None = None  # fraction of the remaining weights pruned per round (0.2)
     rewind: str = "0"  # epoch K, or 'Kit' for step K; '0' is the original init
     scope: str = "global"
     keep_first_last: bool = False  # the first and last Linear/Conv layer stay dense
+    sparsity: float | None = None  # final sparsity: sets rate = 1 - (1 - sparsity)^(1/rounds)
 
     def validate(self) -> IMPConfig:
         check_range("rounds", self.rounds, 1)
+        if self.sparsity is not None:
+            if self.rate is not None:
+                raise ConfigError("method 'imp' takes rate or sparsity, not both")
+            check_range("sparsity", self.sparsity, 0.0, 1.0, low_inclusive=False,
+                        high_inclusive=False)
+            self.rate = 1.0 - (1.0 - self.sparsity) ** (1.0 / self.rounds)
+        elif self.rate is None:
+            self.rate = 0.2
         check_range("rate", self.rate, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         if self.scope not in ("global", "layer"):
             raise ConfigError(f"scope must be 'global' or 'layer', got '{self.scope}'")
