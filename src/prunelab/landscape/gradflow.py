@@ -69,7 +69,7 @@ def gradient_norms(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
             g = g * masks[n].to(g.device, g.dtype)
         layers[n] = float(g.norm())
     return {"layers": layers, "global": math.sqrt(sum(v * v for v in layers.values())),
-            "loss": float(loss)}
+            "loss": float(loss.detach())}
 
 
 def jacobian_singular_values(model: nn.Module, x: torch.Tensor,
