@@ -5,10 +5,10 @@ Three measurements, side by side in one process, each way timed in alternating r
 reversed every round) after a warm-up, medians reported:
 
 1. crossover: for each LeNet-300-100 layer and sparsity s in a grid, the layer computed dense
-   (F.linear with the masked weight) and in CSR (`SparseLinear`), for inference (forward,
-   no autograd) and for training (forward + backward; the first layer returns no input
-   gradient). The crossover is the lowest grid sparsity from which CSR wins at every higher
-   grid point.
+   (BLAS on the masked weight) and in CSR (`SparseLinear`), for inference (forward, no
+   autograd) and for training (forward + backward; the first layer returns no input
+   gradient), each in the data layout it has inside an all-CSR chain (see `layer_times`).
+   The crossover is the lowest grid sparsity from which CSR wins at every higher grid point.
 2. inference at 98%: the masked dense LeNet-300-100 against `optimize_sparse_inference` of
    it (per-layer choice by measurement), masks uniform random 98% per layer and ERK 98%.
        speedup = t_masked_dense / t_sparse       target >= 2
@@ -60,33 +60,38 @@ def _mask(shape: tuple[int, int], sparsity: float, g: torch.Generator) -> torch.
 
 
 def layer_times(shape: tuple[int, int], sparsity: float, training: bool, first: bool,
-                rounds: int, calls: int, g: torch.Generator) -> dict[str, float]:
+                last: bool, rounds: int, calls: int, g: torch.Generator) -> dict[str, float]:
+    """Dense and CSR times of one layer in the data layout it has inside an all-CSR chain: the
+    first layer reads the batch row-major (the data) and pays the transposition, later layers
+    read the feature-major output of a CSR layer; output gradients are feature-major except
+    at the last layer (from the loss). The dense side is the same layer in `dense` mode (BLAS
+    reads either layout)."""
     out_f, in_f = shape
     layer = nn.Linear(in_f, out_f)
     mask = _mask(shape, sparsity, g)
     with torch.no_grad():
         layer.weight.mul_(mask)
-    sparse = SparseLinear.from_linear(layer, mask, "csr")
+    ways = {mode: SparseLinear.from_linear(layer, mask, mode) for mode in ("dense", "csr")}
     x = torch.randn(BATCH, in_f, generator=g)
-    if not training:
-        def dense_fn():
-            with torch.no_grad():
-                F.linear(x, layer.weight, layer.bias)
+    if not first:
+        x = x.t().contiguous().t()  # feature-major view
+    fns = {}
+    for mode, m in ways.items():
+        if not training:
+            def fn(m=m):
+                with torch.no_grad():
+                    m(x)
+        else:
+            xg = x.clone().requires_grad_(not first)
+            gy = torch.randn(BATCH, out_f, generator=g)
+            if not last:
+                gy = gy.t().contiguous().t()
+            inputs = [m.weight, m.bias] + ([] if first else [xg])
 
-        def csr_fn():
-            with torch.no_grad():
-                sparse(x)
-    else:
-        xg = x.clone().requires_grad_(not first)
-        gy = torch.randn(BATCH, out_f, generator=g)
-        inputs = [layer.weight, layer.bias] + ([] if first else [xg])
-
-        def dense_fn():
-            torch.autograd.grad(F.linear(xg, layer.weight, layer.bias), inputs, gy)
-
-        def csr_fn():
-            torch.autograd.grad(sparse(xg), inputs, gy)
-    times = alternating_us({"dense": dense_fn, "csr": csr_fn}, rounds, calls, warmup=2)
+            def fn(m=m, xg=xg, gy=gy, inputs=inputs):
+                torch.autograd.grad(m(xg), inputs, gy)
+        fns[mode] = fn
+    times = alternating_us(fns, rounds, calls, warmup=2)
     return {k: median(v) for k, v in times.items()}
 
 
@@ -98,7 +103,8 @@ def crossover_table(rounds: int, calls: int, grid: tuple[float, ...]) -> dict[st
         for name, shape in LAYERS.items():
             rows = []
             for s in grid:
-                t = layer_times(shape, s, mode == "training", name == "1", rounds, calls, g)
+                t = layer_times(shape, s, mode == "training", name == "1", name == "5",
+                                rounds, calls, g)
                 rows.append({"sparsity": s, "dense_us": t["dense"], "csr_us": t["csr"],
                              "dense_over_csr": t["dense"] / t["csr"]})
             cross = None
