@@ -147,15 +147,22 @@ def test_set_grows_at_random_and_seed_fixes_it():
     assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
 
 
-def test_dst_trains_a_resnet_and_sparse_compute_matches_dense_compute():
+@pytest.mark.parametrize("name", ["set", "rigl"])
+def test_dst_trains_a_resnet_with_batchnorm(name):
     images = tiny_images()
     torch.manual_seed(0)
     net = build_model("resnet20", images.input_shape, images.num_classes, width=0.125)
-    method = build_method("rigl", sparsity=0.8, update_interval=2, keep_first_last=True)
+    method = build_method(name, sparsity=0.8, update_interval=2, keep_first_last=True)
     res = Trainer(net, images, TrainConfig(steps=8, batch_size=16, lr=0.05, eval_train=False),
                   method, progress=False).fit()
     assert "conv1.weight" not in res.masks and "fc.weight" not in res.masks
     assert len(method.updates) == 2 and sum(u["moved_total"] for u in method.updates) > 0
+    params = dict(net.named_parameters())
+    assert all(torch.all(params[n].detach()[~m] == 0) for n, m in res.masks.items())
+    assert 1.0 - method.current_sparsity() == pytest.approx(0.2, abs=1e-4)
+
+
+def test_sparse_compute_matches_dense_compute():
     data = load_dataset("digits", seed=0, flatten=True)
     finals = []
     for sparse in (False, True):
@@ -176,6 +183,7 @@ def test_dst_trains_a_resnet_and_sparse_compute_matches_dense_compute():
     ({"drop_fraction": 1.0}, "drop_fraction must be in"),
     ({"budget": "erdos"}, "unknown budget 'erdos'"),
     ({"drop_schedule": "linear"}, "drop_schedule must be one of"),
+    ({"scope": "layer"}, "scope does not apply"),
 ])
 def test_bad_options_are_refused(options, match):
     with pytest.raises(ConfigError, match=match):

@@ -65,6 +65,10 @@ class DynamicSparse(MaskedMethod):
     def __post_init__(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 1.0, high_inclusive=False)
         check_budget(self.budget)
+        if self.scope != "global":
+            raise ConfigError(f"method '{self.name}' keeps each layer's budget count through "
+                              "every update; scope does not apply (choose the counts with "
+                              "budget: uniform, erk or er)")
         check_range("drop_fraction", self.drop_fraction, 0.0, 1.0, low_inclusive=False,
                     high_inclusive=False)
         if self.drop_schedule not in DROP_SCHEDULES:
@@ -190,6 +194,8 @@ class DynamicSparse(MaskedMethod):
     # -------------------------------------------------------------------------- outputs
 
     def metrics(self) -> dict[str, float]:
+        """Mask sparsity, updates so far, the current drop fraction, and the weights moved
+        (in total and per layer) since the last call (the Trainer calls it once per epoch)."""
         out: dict[str, float] = {"mask_sparsity": self.current_sparsity()}
         if hasattr(self, "updates"):
             out["mask_updates"] = float(len(self.updates))
@@ -219,6 +225,10 @@ class DynamicSparse(MaskedMethod):
             self.counts = {n: int(m.sum()) for n, m in self.enforcer.masks.items()}
             self.updates = list(state.get("updates", []))
             self._step = int(state.get("step", 0))
+            if self.sparse_compute:
+                from prunelab.sparse_compute import refresh_sparse_layers
+
+                refresh_sparse_layers(self.ctx.model, self.enforcer.masks)
 
 
 @dataclass
