@@ -6,6 +6,8 @@
 - `AnnealingSchedule` (Barbu et al.'s Feature Selection with Annealing, used by Guo et al.):
   the number of kept weights M_e = k + (M - k) max(0, (N - 2e) / (2 e mu + N)) after
   iteration e; reaches k at e = N / 2.
+- `CosineSchedule` (RigL's drop fraction, Evci et al. 2020): f_t = f_0 (1 + cos(pi t / T_end)) / 2
+  for t < T_end, with updates every `frequency` steps before T_end.
 """
 
 from __future__ import annotations
@@ -98,10 +100,42 @@ class AnnealingSchedule:
         return {"kind": "annealing", **asdict(self)}
 
 
+@dataclass(frozen=True)
+class CosineSchedule:
+    """A value decaying from `initial` at step 0 to `final` at step `end` along half a cosine
+    (RigL's drop fraction), `final` from `end` on; `is_update_step` marks every `frequency`-th
+    step strictly between 0 and `end` (the mask updates of dynamic sparse training)."""
+
+    initial: float
+    end: int
+    frequency: int = 100
+    final: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_range("initial value", self.initial, 0.0, 1.0)
+        check_range("final value", self.final, 0.0, self.initial)
+        check_range("end step", self.end, 1)
+        check_range("update frequency", self.frequency, 1)
+
+    def __call__(self, step: int) -> float:
+        if step >= self.end:
+            return self.final
+        t = max(step, 0) / self.end
+        return self.final + (self.initial - self.final) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def is_update_step(self, step: int) -> bool:
+        """True at steps frequency, 2 frequency, ... below `end`."""
+        return 0 < step < self.end and step % self.frequency == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "cosine", **asdict(self)}
+
+
 SCHEDULES = {
     "constant": ConstantSchedule,
     "polynomial": PolynomialSchedule,
     "annealing": AnnealingSchedule,
+    "cosine": CosineSchedule,
 }
 
 

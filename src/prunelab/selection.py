@@ -6,7 +6,8 @@ score = more important = kept. Entries already pruned (False in `current`) stay 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -88,4 +89,108 @@ def select_masks(
                 "sparsity or use scope 'layer'"
             )
         out[name] = m
+    return out
+
+
+# ----------------------------------------------------------------------------- layer budgets
+
+BUDGETS = ("uniform", "erk", "er")
+
+
+def _raw_density(shape: tuple[int, ...], budget: str) -> float:
+    """Erdos-Renyi(-Kernel) scale of a weight shape (out, in, *kernel): ER counts the two
+    unit dimensions, ERK every dimension (Evci et al. 2020, eq. in sec. 3)."""
+    dims = [int(d) for d in shape] if budget == "erk" else [int(shape[0]), int(shape[1])]
+    return sum(dims) / math.prod(dims)
+
+
+def check_budget(budget: str) -> str:
+    """Raise ConfigError (listing the valid ones) unless `budget` names a layer budget."""
+    if budget not in BUDGETS:
+        raise ConfigError(f"unknown budget '{budget}'; valid budgets: {', '.join(BUDGETS)}")
+    return budget
+
+
+def layer_densities(
+    shapes: Mapping[str, Sequence[int]], density: float, budget: str = "erk"
+) -> dict[str, float]:
+    """Per-layer densities (kept fractions) whose count-weighted mean is `density`.
+
+    `uniform`: every layer at `density`. `er`/`erk`: layer l gets eps * raw_l with raw_l =
+    (n_in + n_out) / (n_in n_out) (ER) or sum(shape) / prod(shape) (ERK); while some layer
+    would exceed density 1 (eps * raw_l > 1) the one with the largest raw_l is made dense and
+    eps re-solved over the rest (as the RigL authors do; without it the total is wrong)."""
+    check_budget(budget)
+    check_range("density", density, 0.0, 1.0, low_inclusive=False)
+    shapes = {n: tuple(int(d) for d in s) for n, s in shapes.items()}
+    for name, shape in shapes.items():
+        if budget != "uniform" and len(shape) < 2:
+            raise ConfigError(f"budget '{budget}' needs weight matrices or kernels; "
+                              f"'{name}' has shape {shape}")
+    if budget == "uniform":
+        return dict.fromkeys(shapes, float(density))
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    raw = {n: _raw_density(s, budget) for n, s in shapes.items()}
+    total = sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        free = [n for n in shapes if n not in dense]
+        budget_left = density * total - sum(sizes[n] for n in dense)
+        eps = budget_left / sum(raw[n] * sizes[n] for n in free)
+        over = [n for n in free if eps * raw[n] > 1.0]
+        if not over:
+            break
+        dense.add(max(over, key=lambda n: raw[n]))
+    return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
+
+
+def layer_keep_counts(
+    shapes: Mapping[str, Sequence[int]], density: float, budget: str = "erk"
+) -> dict[str, int]:
+    """Integer kept counts per layer following `layer_densities`, summing to
+    round(density * total) exactly (largest remainders get the leftover units); a layer left
+    with no weight raises ConfigError naming it."""
+    dens = layer_densities(shapes, density, budget)
+    sizes = {n: math.prod(int(d) for d in s) for n, s in shapes.items()}
+    target = int(round(density * sum(sizes.values())))
+    exact = {n: dens[n] * sizes[n] for n in shapes}
+    counts = {n: min(sizes[n], int(math.floor(exact[n] + 1e-9))) for n in shapes}
+    order = sorted(shapes, key=lambda n: exact[n] - counts[n], reverse=True)
+    left = target - sum(counts.values())
+    for n in order * 2:  # a second pass only when caps skipped some layers
+        if left <= 0:
+            break
+        if counts[n] < sizes[n]:
+            counts[n] += 1
+            left -= 1
+    for n, c in counts.items():
+        if c < 1:
+            raise ConfigError(f"budget '{budget}' at density {density:g} leaves no weight in "
+                              f"layer '{n}' ({sizes[n]} weights); raise the density")
+    return counts
+
+
+def select_by_counts(
+    scores: Mapping[str, torch.Tensor],
+    counts: Mapping[str, int],
+    *,
+    current: Mapping[str, torch.Tensor] | None = None,
+) -> Masks:
+    """Keep exactly `counts[name]` highest-scoring entries of each layer (ties broken by
+    index, never over-pruning). Entries already pruned in `current` are never kept; a count
+    above the entries still alive raises ConfigError."""
+    out: Masks = {}
+    for name, s in scores.items():
+        if name not in counts:
+            raise ConfigError(f"no kept count given for layer '{name}'")
+        s = s.detach().float()
+        n_keep = int(counts[name])
+        if current is not None and name in current:
+            s = s.masked_fill(~current[name].to(s.device), float("-inf"))
+            alive = int(current[name].sum())
+        else:
+            alive = s.numel()
+        if not 0 <= n_keep <= alive:
+            raise ConfigError(f"layer '{name}': cannot keep {n_keep} of {alive} entries")
+        out[name] = _keep_top(s, n_keep)
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-COMMAND_MODULES = ("landscape", "hessian", "sweep", "report")
+COMMAND_MODULES = ("landscape", "hessian", "sweep", "report", "analyze")
 
 
 def register_all(subparsers) -> None:

@@ -7,9 +7,11 @@ from typing import Any
 
 from prunelab.errors import ConfigError, UnknownNameError
 from prunelab.methods.annealed import AnnealedPruning
+from prunelab.methods.at_init import GraSPMask, RandomMask, SNIPMask, SynFlowMask
 from prunelab.methods.base import MaskedMethod, PruningMethod, TrainContext
 from prunelab.methods.bernoulli import BernoulliGating
 from prunelab.methods.biobjective import BiobjectiveTraining
+from prunelab.methods.dst import SET, RigL
 from prunelab.methods.magnitude import FixedMask, GradualMagnitude, OneShotMagnitude
 from prunelab.methods.units import UnitPruning
 from prunelab.typecheck import check_fields
@@ -23,6 +25,12 @@ METHODS: dict[str, type[PruningMethod]] = {
     "annealed": AnnealedPruning,
     "units": UnitPruning,
     "bernoulli": BernoulliGating,
+    "snip": SNIPMask,
+    "grasp": GraSPMask,
+    "synflow": SynFlowMask,
+    "random": RandomMask,
+    "set": SET,
+    "rigl": RigL,
 }
 
 # Methods that drive several training runs rather than hooking into one (see lottery.py).
@@ -60,5 +68,6 @@ def build_method(name: str, **options: Any) -> PruningMethod:
     return METHODS[name](**options)
 
 
-__all__ = ["METHODS", "FixedMask", "GradualMagnitude", "MaskedMethod", "OneShotMagnitude",
-           "PruningMethod", "TrainContext", "build_method", "list_methods", "method_options"]
+__all__ = ["METHODS", "SET", "FixedMask", "GradualMagnitude", "GraSPMask", "MaskedMethod",
+           "OneShotMagnitude", "PruningMethod", "RandomMask", "RigL", "SNIPMask", "SynFlowMask",
+           "TrainContext", "build_method", "list_methods", "method_options"]
