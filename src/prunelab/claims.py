@@ -168,6 +168,14 @@ class Verdict:
     def held(self) -> bool:
         return self.verdict == HELD
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
+        """The verdict back from `to_dict` (e.g. read from results.json to render a report)."""
+        claim = Claim(**{f: d[f] for f in Claim.__dataclass_fields__})
+        ci = None if d.get("ci_low") is None else (d["ci_low"], d["ci_high"])
+        return cls(claim, d["verdict"], d.get("estimate"), ci, d.get("n_measured", 0),
+                   d.get("wins"), d.get("losses"), d.get("sign_test_p"), d.get("note", ""))
+
     def to_dict(self) -> dict[str, Any]:
         """The declaration next to the measurement (JSON-friendly)."""
         return {
