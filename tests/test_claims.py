@@ -138,3 +138,14 @@ def test_report_table_shows_declaration_measurement_and_quick_expectation():
     d = verdicts[0].to_dict()
     assert d["threshold"] == 0.0 and d["statistic"] == "paired_bootstrap" and d["n"] == 10
     assert d["n_measured"] == 3 and d["ci_low"] is not None and d["held"] is False
+
+
+def test_sign_test_only_beside_comparisons_over_runs():
+    """Over test examples the differences are 0 or +-1, so a sign test against a threshold
+    says nothing; it is reported for seeds and splits only."""
+    c = Claim("acc", "within 0.5 points", "accuracy", "dense - chosen", "<=", 0.5,
+              "paired_bootstrap", unit="test images (one training run)")
+    dense, chosen = [100.0] * 1000, [100.0] * 997 + [0.0] * 3
+    v = judge(c, paired(dense, chosen))
+    assert v.sign_p is None and v.wins is None and v.estimate == pytest.approx(0.3)
+    assert v.verdict == "inconclusive" and v.ci[1] > 0.5  # 3 of 1,000 images: too few to tell

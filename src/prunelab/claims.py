@@ -9,7 +9,7 @@ measured values into verdicts with one set of rules:
   example for each side; the estimate is the mean difference A - B with a 95% percentile
   interval from a seeded paired bootstrap (10,000 resamples). `bootstrap_mean` is the same for
   one quantity measured several times. The exact sign test is reported beside every paired
-  comparison and decides `sign_test` claims.
+  comparison over seeds or splits and decides `sign_test` claims.
 - "held" only when the 95% interval lies entirely on the claimed side of the threshold; "not
   held" when it lies entirely on the other side; "inconclusive" when it straddles the threshold.
   A straddling interval is never held.
@@ -80,6 +80,11 @@ class Claim:
     @property
     def paired(self) -> bool:
         return self.statistic in ("paired_bootstrap", "sign_test")
+
+    @property
+    def per_run(self) -> bool:
+        """Values are one per seed or split (not per test example): the sign test applies."""
+        return self.unit in ("seeds", "splits", "runs")
 
 
 @dataclass(frozen=True)
@@ -273,7 +278,7 @@ def judge(claim: Claim, measured: Measured, *, seed: int = 0,
     estimate = float(a.mean())
     ci = percentile_interval(a, resamples=resamples, seed=seed)
     out = Verdict(claim, INCONCLUSIVE, estimate=estimate, ci=ci, n=int(a.size), note=note)
-    if claim.paired:
+    if claim.paired and (claim.per_run or claim.statistic == "sign_test"):
         wins, losses, p_above, p_below = sign_test(a, claim.threshold)
         claimed_above = claim.direction in (">", ">=")
         out.wins, out.losses = (wins, losses) if claimed_above else (losses, wins)
