@@ -47,7 +47,8 @@ def _sealed(name: str) -> property:
 class GuardedDataset(Dataset):
     """A Dataset whose test split is sealed: reading `x_test` or `y_test` raises
     `FirewallError`. Training data, sizes and metadata stay readable; `holdout_validation`
-    and `subset_train` work (the latter returns a guarded copy)."""
+    and `subset_train` work (the latter returns a guarded copy); `dataclasses.replace` reads
+    the test split and so raises too."""
 
     x_test = _sealed("x_test")
     y_test = _sealed("y_test")
