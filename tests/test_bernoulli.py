@@ -337,7 +337,17 @@ def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "figures" / "theta_trajectories.png").exists()
     planned = default_plan(True)["runs"]
     assert len(res["runs"]) == len(planned)
-    assert all(r["units"] < 400 * factor for r, (factor, _) in zip(res["runs"], planned))
+    # each run's units are its final widths, and the gates removed units at every width
+    for r, (factor, _) in zip(res["runs"], planned):
+        assert r["units"] == sum(r["widths"]) == sum(map(int, r["final"].split("-")))
+        assert all(w < s for w, s in zip(r["widths"], (300 * factor, 100 * factor)))
+    claims = {c["name"]: c for c in res["claims"]}
+    assert claims["lenet-300-100:error"]["estimate"] == pytest.approx(
+        res["models"]["lenet-300-100"]["x1_error_pct"])
+    assert claims["lenet-300-100:error"]["verdict"] == "too few runs (n=2 < 10)"
+    assert claims["lenet5:error"]["verdict"] == "not measured"  # quick: LeNet-300-100 only
+    # one recorded test evaluation per training run, all after the (start-of-run) freeze
+    assert res["selection"]["frozen"] and len(res["test_evaluations"]) == len(planned) + 2
     # the recorded mistakes are the final networks' own: as many as their test errors say
     n = res["n_test"]
     for r in res["runs"]:
@@ -847,7 +857,6 @@ def test_gaussian_prior_as_is_checked():
 
 def test_reproduction_summary_reports_dense_seed_noise_next_to_the_spread():
     from prunelab.experiments.bernoulli import _dense_reference, _summarise
-    from prunelab.seed_noise import normal_range_probability
 
     dense = {"lenet-300-100": _dense_reference([
         {"seed": 0, "test_error_pct": 1.6, "params": 10, "flops": 20, "seconds": 40.0},
@@ -867,28 +876,24 @@ def test_reproduction_summary_reports_dense_seed_noise_next_to_the_spread():
     assert ref["error_std_pts"] == pytest.approx(0.02 ** 0.5)
     spread = res["models"]["lenet-300-100"]["spread"]
     assert spread["error_spread_pts"] == pytest.approx(0.2)
-    robust = next(c for c in res["claims"] if "robust" in c["claim"])
-    assert robust["held"]  # CV 4.3%, spread 0.20
-    assert "dense x1 over 2 seeds: spread 0.20, SD 0.14" in robust["measured"]
-    timing = next(c for c in res["claims"] if "wall time" in c["claim"])
-    # x1 seeds 0 and 1 (30 s, 31 s) against the dense runs of the same seeds (40 s, 41 s)
-    assert timing["held"] and "x1 mean over seeds 0, 1: 30.5s vs dense 40.5s (0.75x" in \
-        timing["measured"]
-    dense["lenet-300-100"]["seed_seconds"] = [20.0, 21.0]
-    timing = next(c for c in _summarise(plan, rows, dense, True, 1.0, 100)["claims"]
-                  if "wall time" in c["claim"])
-    assert not timing["held"] and "vs dense 20.5s" in timing["measured"]
-    assert "test-set sampling" not in robust["measured"]  # no mistakes recorded
-    # with each run's mistakes (the first 19, 21 and 20 of 1,000 test examples) the claim gives
-    # the sampling SD: example 19 flips at rate 2/3, example 20 at 1/3, the rest never
+    claims = {c["name"]: c for c in res["claims"]}
+    cv = claims["lenet-300-100:units-cv"]  # units 110, 120, 115: SD 5, mean 115
+    assert cv["estimate"] == pytest.approx(5 / 115) and cv["verdict"] == "held"
+    timing = claims["lenet-300-100:wall-time"]
+    # x1 seeds 0 and 1 (30 s, 31 s) paired with the dense runs of the same seeds (40 s, 41 s)
+    assert timing["estimate"] == pytest.approx(-10.0) and timing["n_measured"] == 2
+    assert timing["verdict"] == "too few runs (n=2 < 10)" and "30.5s vs dense 40.5s" in \
+        timing["note"]
+    assert claims["lenet-300-100:error-sd"]["verdict"] == "not measured"  # no mistakes recorded
+    # with each run's mistakes (the first 19, 21 and 20 of 1,000 test examples): example 19
+    # flips at rate 2/3, example 20 at 1/3, the rest never; errors 1.9, 2.1, 2.0% (SD 0.1)
     for row, wrong in zip(rows, (19, 21, 20)):
         row["test_mistakes"] = list(range(wrong))
-    robust = next(c for c in _summarise(plan, rows, dense, True, 1.0, 100, 1000)["claims"]
-                  if "robust" in c["claim"])
-    # (2/9 + 2/9) * 3/(3 - 1) / 1000^2, in points
-    sd = 100 * (4 / 9 * 1.5) ** 0.5 / 1000
-    assert f"gives SD {sd:.3f}, at which 3 runs span <= 0.3 points with probability " \
-        f"{normal_range_probability(3, 0.3 / sd):.2f}" in robust["measured"]
+    sd_claim = {c["name"]: c for c in _summarise(plan, rows, dense, True, 1.0, 100, 1000)[
+        "claims"]}["lenet-300-100:error-sd"]
+    sampling = 100 * (4 / 9 * 1.5) ** 0.5 / 1000  # (2/9 + 2/9) * 3/(3 - 1) / 1000^2, in points
+    assert sd_claim["estimate"] == pytest.approx(0.1 / sampling)  # 1.22 <= 1.25
+    assert sd_claim["verdict"] == "held"
 
 
 def test_feature_pi_prices_the_input_feature_gates_on_their_own():

@@ -271,10 +271,22 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert (tmp_path / "out" / "figures" / "paths.png").is_file()
     report = (tmp_path / "out" / "report.md").read_text()
-    assert len(saved["claims"]) == 5
-    assert sum(line.startswith("- **") for line in report.splitlines()) == 5
+    assert [c["name"] for c in saved["claims"]] == sparse_landscape.CLAIMS.names
+    assert "| scratch ends with a higher training loss than pruned | scratch - pruned > 0 |" \
+        in report and "![paths](figures/paths.png)" in report
     assert abs(saved["mask_sparsity"] - 0.98) < 1e-3
+    # each reported barrier is max_t [L(t) - chord] over t in [0, 1] of its own saved path
     for row in res["barriers"]:
-        assert row["barrier"] >= 0.0
+        path = saved["paths"][row["path"]]
+        pts = [(t, v) for t, v in zip(path["t"], path["metrics"]["train"]["loss"])
+               if 0.0 <= t <= 1.0]
+        (_, la), (_, lb) = pts[0], pts[-1]
+        assert row["barrier"] == pytest.approx(max(v - ((1 - t) * la + t * lb) for t, v in pts))
+    barrier = {row["path"]: row["barrier"] for row in res["barriers"]}
+    # the lottery retrain shares the pruned run's init and mask: no barrier on its line, unlike
+    # scratch's (full run 0.000 vs 1.073)
+    assert barrier["lottery->pruned"] < 0.1 * barrier["scratch->pruned"]
+    line = {c["name"]: c for c in saved["claims"]}["line-barrier"]
+    assert line["estimate"] == pytest.approx(barrier["scratch->pruned"])
     sparse = [v for k, v in res["paths"].items() if "sparse" in k]
     assert all(p["info"]["inside_mask"] for p in sparse)

@@ -45,7 +45,8 @@ def error_variance_split(mistakes: Sequence[Sequence[int]], n: int) -> dict[str,
     with its observed rate: sqrt of the sum of per-example sample variances), and
     `between_run_var_share`, the share of the variance the covariances between examples carry
     (1 - diagonal / total; near 0 when the spread is test-set sampling alone, negative values
-    are sampling error of the estimate). Needs at least two runs."""
+    are sampling error of an estimate from few runs, which reports print as "too few runs").
+    Needs at least two runs."""
     runs = len(mistakes)
     if runs < 2:
         raise ValueError(f"need at least two runs to split a variance, got {runs}")

@@ -22,6 +22,13 @@ Protocol (choices where the thesis leaves room are stated in the report):
    final fine-tune) with half the fraction, twice at most. The last accepted network's test
    accuracy decides the ">= 5x fewer parameters within 0.5 points" claim; the test set never
    selects anything.
+
+Test-set firewall (`prunelab.firewall`): MNIST is loaded with its test split sealed; the dense
+networks are trained and the iterative path is chosen on the validation split only, then the
+choices are frozen, and only then are the test numbers measured (the loss increases of steps
+2-3 and every round's test accuracy), each access recorded in results.json. Claims are declared
+in `CLAIMS` and judged by `prunelab.claims`; the accuracy claim takes a paired bootstrap over
+the test images (one training run: seed-to-seed variation is not in the interval).
 """
 
 from __future__ import annotations
@@ -40,7 +47,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunelab import atomic
-from prunelab.data import Dataset, load_dataset
+from prunelab.claims import (
+    Claim,
+    Measured,
+    claims_markdown,
+    declare,
+    judge_all,
+    log_lines,
+    paired,
+    single,
+)
+from prunelab.data import Dataset
+from prunelab.firewall import Firewall
 from prunelab.masks import apply_masks
 from prunelab.models import build_model, count_parameters
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
@@ -55,6 +73,39 @@ UNIT_SCORE_NAMES = ("mrs", "removal", "norm", "random", "oracle")
 PARAM_SCORE_NAMES = ("magnitude", "taylor1", "taylor1-abs", "taylor2", "random")
 BAND = 0.005  # 0.5 accuracy points
 TARGET_RATIO = 5.0
+
+
+def _model_claims(m: str) -> list[Claim]:
+    every = "share of the fractions at which it holds"
+    return [
+        Claim(f"{m}:mrs-vs-norm", f"{m}: MRS-chosen units hurt the loss less than norm-chosen "
+              "ones (every fraction)", "test-loss increase after removing a fraction of each "
+              "layer's units, mean replacement", f"{every}: MRS <= norm", ">=", 1.0, "single",
+              source="METHODS 2 targets"),
+        Claim(f"{m}:mrs-vs-random", f"{m}: MRS-chosen units hurt the loss less than "
+              "random-chosen ones (every fraction)", "the same, random scores: mean of 3 seeds",
+              f"{every}: MRS <= random", ">=", 1.0, "single", source="METHODS 2 targets"),
+        Claim(f"{m}:mean-replacement", f"{m}: mean replacement beats plain removal at every "
+              "fraction", "test-loss increase, MRS-chosen units removed both ways",
+              f"{every}: mean replacement < removal", ">=", 1.0, "single",
+              source="METHODS 2 targets"),
+        Claim(f"{m}:taylor-abs", f"{m}: absolute Taylor scores beat signed ones (every "
+              "sparsity)", "test-loss increase after zeroing a fraction of each layer's weights",
+              "share of the sparsities at which |Taylor-1| < signed Taylor-1", ">=", 1.0,
+              "single", source="METHODS 2 targets"),
+        Claim(f"{m}:size", f"{m}: >= 5x fewer parameters (the network chosen on validation)",
+              "parameters of the dense network / of the chosen one", "ratio", ">=",
+              TARGET_RATIO, "single", quick_expected=False,
+              source="METHODS 2 targets; quick: dense nets trained 4 epochs on 12k images"),
+        Claim(f"{m}:accuracy", f"{m}: the chosen network is within 0.5 points of dense test "
+              "accuracy", "test accuracy in points, paired by test image; dense after the same "
+              "final fine-tune", "dense - chosen", "<=", 100 * BAND, "paired_bootstrap", n=1,
+              unit="test images (one training run)", quick_expected=False,
+              source="METHODS 2 targets"),
+    ]
+
+
+CLAIMS = declare(*[c for m in MODELS for c in _model_claims(m)])
 
 
 @dataclass
@@ -90,14 +141,15 @@ def settings(quick: bool) -> Settings:
                     sparsities=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95))
 
 
-def _split(data: Dataset, n_val: int, seed: int) -> tuple[Dataset, Dataset]:
-    """(train minus validation, validation as the 'test' part) by a seeded permutation."""
+def _split(data: Dataset, n_val: int, seed: int) -> Dataset:
+    """The training set minus `n_val` examples (a seeded permutation), which take the test
+    split's place: everything chosen on it never sees the test set."""
     perm = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(seed))
     val, tr = perm[:n_val], perm[n_val:]
-    train = dataclasses.replace(data, x_train=data.x_train[tr], y_train=data.y_train[tr])
-    valid = dataclasses.replace(data, x_train=data.x_train[tr[:1]], y_train=data.y_train[tr[:1]],
-                                x_test=data.x_train[val], y_test=data.y_train[val])
-    return train, valid
+    return Dataset(data.name, data.x_train[tr], data.y_train[tr], data.x_train[val],
+                   data.y_train[val], data.num_classes, data.feature_names,
+                   data.relevant_features, data.class_names,
+                   dict(data.meta, evaluation="validation", validation=n_val))
 
 
 def _fit(model: nn.Module, opt: torch.optim.Optimizer, data: Dataset, epochs: int,
@@ -189,23 +241,26 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def iterative(model, opt, train: Dataset, valid: Dataset, data: Dataset, s: Settings,
-              gen: torch.Generator, log) -> dict[str, Any]:
+def iterative(model, opt, sel: Dataset, s: Settings, gen: torch.Generator, log
+              ) -> tuple[dict[str, Any], list[nn.Module]]:
     """Rounds of MRS unit pruning with mean replacement, shrink, fine-tune; each round's network
     and the dense one are judged after the same final fine-tune; accept a round while its
-    validation drop plus one standard error stays within 0.5 points of the dense reference."""
-    dense_test = evaluate(model, data.x_test, data.y_test)["accuracy"]
+    validation drop plus one standard error stays within 0.5 points of the dense reference.
+    `sel` trains on its training part and validates on its test part (the validation split).
+    Returns the path and, per round, the network after its final fine-tune (for the test
+    numbers, measured once the choice is frozen: `test_rounds`)."""
     dense_params = count_parameters(model)
-    ref = final_finetune(model, opt, train, valid, data, s)
+    ref = final_finetune(model, opt, sel, s)
     log(f"dense after the final fine-tune: val {ref['val_accuracy']:.4f} "
-        f"test {ref['test_accuracy']:.4f} (before: test {dense_test:.4f})")
+        f"(before: val {ref['val_before_final']:.4f})")
     rounds = [{"round": 0, "params": dense_params, "widths": widths(model), "val_se": 0.0,
                **_public(ref), "within_band": True}]
+    nets = [ref["net"]]
     best, current, best_opt = rounds[0], model, opt
     fraction, halvings = s.round_fraction, 0
     for r in range(1, s.max_rounds + 1):
-        idx = torch.randperm(train.n_train, generator=gen)[: s.score_samples]
-        batch = (train.x_train[idx], train.y_train[idx])
+        idx = torch.randperm(sel.n_train, generator=gen)[: s.score_samples]
+        batch = (sel.x_train[idx], sel.y_train[idx])
         scores = unit_scores(current, batch, "mrs")
         um = select_units(scores, fraction=fraction, scope="layer")
         if all(bool(m.all()) for m in um.values()):
@@ -214,16 +269,17 @@ def iterative(model, opt, train: Dataset, valid: Dataset, data: Dataset, s: Sett
         # shrink_with_optimizer leaves `best_opt` intact, so a failed round can be retried
         small, new_opt = shrink_with_optimizer(current, um, best_opt,
                                                means=unit_means(current, batch))
-        _fit(small, new_opt, train, s.finetune_epochs, s, gen)
-        ev = final_finetune(small, new_opt, train, valid, data, s)
+        _fit(small, new_opt, sel, s.finetune_epochs, s, gen)
+        ev = final_finetune(small, new_opt, sel, s)
         se = paired_se(ev["val_correct"], ref["val_correct"])
         ok = ref["val_accuracy"] - ev["val_accuracy"] + se <= BAND
         row = {"round": r, "fraction": fraction, "params": count_parameters(small),
                "widths": widths(small), "val_se": se, **_public(ev), "within_band": ok}
         rounds.append(row)
+        nets.append(ev["net"])
         log(f"round {r} (fraction {fraction:.3f}): params {row['params']} "
             f"({dense_params / row['params']:.1f}x fewer) val acc {row['val_accuracy']:.4f} "
-            f"(se {se:.4f}) test acc {row['test_accuracy']:.4f} widths {row['widths']}")
+            f"(se {se:.4f}) widths {row['widths']}")
         if ok:
             best, current, best_opt = row, small, new_opt
         elif halvings < s.max_halvings:
@@ -234,31 +290,44 @@ def iterative(model, opt, train: Dataset, valid: Dataset, data: Dataset, s: Sett
     return {
         "chosen_training_epochs": s.dense_epochs + s.finetune_epochs * accepted + s.final_epochs,
         "dense_params": dense_params, "dense_val_accuracy": ref["val_accuracy"],
-        "dense_test_accuracy": ref["test_accuracy"], "dense_test_before_final": dense_test,
         "rounds": rounds, "chosen": best, "param_ratio": dense_params / best["params"],
-        "test_drop_points": 100 * (ref["test_accuracy"] - best["test_accuracy"]),
-        "test_drop_vs_dense_points": 100 * (dense_test - best["test_accuracy"]),
-    }
+    }, nets
+
+
+def test_rounds(it: dict[str, Any], dense: nn.Module, nets: list[nn.Module],
+                test: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """After the choice is frozen: every round's test accuracy (its network after the final
+    fine-tune) and the drops of the chosen one, written into `it`; returns the per-image
+    correctness of the dense reference and of the chosen network (for the paired claim)."""
+    correct = [_correct(net, test.x_test, test.y_test) for net in nets]
+    for row, c in zip(it["rounds"], correct):
+        row["test_accuracy"] = float(c.double().mean())
+    chosen = next(i for i, r in enumerate(it["rounds"]) if r is it["chosen"])
+    ref, best = it["rounds"][0]["test_accuracy"], it["chosen"]["test_accuracy"]
+    before = evaluate(dense, test.x_test, test.y_test)["accuracy"]
+    it.update(dense_test_accuracy=ref, dense_test_before_final=before,
+              test_drop_points=100 * (ref - best), test_drop_vs_dense_points=100 * (before - best))
+    return correct[0], correct[chosen]
 
 
 def _public(ev: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in ev.items() if k != "val_correct"}
+    return {k: v for k, v in ev.items() if k not in ("val_correct", "net")}
 
 
-def final_finetune(net: nn.Module, opt: torch.optim.Optimizer, train: Dataset, valid: Dataset,
-                   data: Dataset, s: Settings) -> dict[str, Any]:
+def final_finetune(net: nn.Module, opt: torch.optim.Optimizer, sel: Dataset,
+                   s: Settings) -> dict[str, Any]:
     """Evaluate `net` as if training stopped here: a copy (with its optimizer state) trained
-    `final_epochs` more with the learning rate decayed to 0, the same seeded data order for
-    every network; its validation correctness and accuracy, its test accuracy and the
-    validation accuracy before the fine-tune. `net` and `opt` are left untouched."""
-    before = evaluate(net, valid.x_test, valid.y_test)["accuracy"]
+    `final_epochs` more on `sel`'s training part with the learning rate decayed to 0, the same
+    seeded data order for every network; its validation correctness and accuracy (on `sel`'s
+    test part, the validation split), the validation accuracy before the fine-tune, and the
+    fine-tuned copy (`net`). The given `net` and `opt` are left untouched."""
+    before = evaluate(net, sel.x_test, sel.y_test)["accuracy"]
     net, opt = copy.deepcopy((net, opt))
-    _fit(net, opt, train, s.final_epochs, s, torch.Generator().manual_seed(s.seed + 1),
+    _fit(net, opt, sel, s.final_epochs, s, torch.Generator().manual_seed(s.seed + 1),
          decay=True)
-    correct = _correct(net, valid.x_test, valid.y_test)
+    correct = _correct(net, sel.x_test, sel.y_test)
     return {"val_correct": correct, "val_accuracy": float(correct.double().mean()),
-            "val_before_final": before,
-            "test_accuracy": evaluate(net, data.x_test, data.y_test)["accuracy"]}
+            "val_before_final": before, "net": net}
 
 
 @torch_threads(1)  # the documented full runs used one thread; more only spin on a busy box
@@ -268,40 +337,61 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     (single-threaded, the thread count restored after)."""
     s = settings(quick)
     start = time.perf_counter()
-    data = load_dataset("mnist", seed=s.seed, n_train=s.n_train, n_test=s.n_test)
-    train, valid = _split(data, s.n_val, s.seed)
+    fw = Firewall("dead-units")
+    data = fw.load("mnist", seed=s.seed, n_train=s.n_train, n_test=s.n_test)
+    sel = _split(data, s.n_val, s.seed)
     results: dict[str, Any] = {"settings": dataclasses.asdict(s), "models": {}}
-    for name in MODELS:
+    kept: dict[str, tuple] = {}
+    for name in MODELS:  # selection: validation data only
         t0 = time.perf_counter()
         torch.manual_seed(s.seed)
         model = build_model(name, data.input_shape, data.num_classes)
         opt = torch.optim.Adam(model.parameters(), lr=s.lr)
         gen = torch.Generator().manual_seed(s.seed)
-        _fit(model, opt, train, s.dense_epochs, s, gen)
-        log(f"{name}: dense test accuracy "
-            f"{evaluate(model, data.x_test, data.y_test)['accuracy']:.4f}")
-        idx = torch.randperm(train.n_train, generator=torch.Generator().manual_seed(1))
-        batch = (train.x_train[idx[: s.score_samples]], train.y_train[idx[: s.score_samples]])
-        entry = {
-            "dead_units": dead_units(model, batch, tol=1e-4),
-            "units": unit_curves(model, batch, data.x_test, data.y_test, s, log),
-            "params": param_curves(model, batch, data.x_test, data.y_test, s, log),
-            "iterative": iterative(model, opt, train, valid, data, s, gen, log),
-        }
+        _fit(model, opt, sel, s.dense_epochs, s, gen)
+        log(f"{name}: dense validation accuracy "
+            f"{evaluate(model, sel.x_test, sel.y_test)['accuracy']:.4f}")
+        idx = torch.randperm(sel.n_train, generator=torch.Generator().manual_seed(1))
+        batch = (sel.x_train[idx[: s.score_samples]], sel.y_train[idx[: s.score_samples]])
+        it, nets = iterative(model, opt, sel, s, gen, log)
+        entry = {"dead_units": dead_units(model, batch, tol=1e-4), "iterative": it}
         for layer in entry["dead_units"].values():
             layer.pop("dead_indices")
-        entry["seconds"] = time.perf_counter() - t0
         results["models"][name] = entry
-    results["claims"] = claims(results["models"])
+        kept[name] = (model, batch, nets, time.perf_counter() - t0)
+    fw.freeze(chosen={n: {k: e["iterative"]["chosen"][k] for k in ("round", "params", "widths")}
+                      for n, e in results["models"].items()},
+              rule="last round whose validation drop below the dense reference (both after "
+                   "the same final fine-tune) plus one paired standard error is <= 0.5 points",
+              n_val=s.n_val, lr=s.lr, dense_epochs=s.dense_epochs)
+    correct: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, entry in results["models"].items():  # the final numbers: test data, once
+        t0 = time.perf_counter()
+        model, batch, nets, secs = kept[name]
+        it = entry["iterative"]
+        test = fw.test(data, f"{name}: the dense network and every round's network after its "
+                       "final fine-tune", "test accuracy", count=len(nets) + 1)
+        correct[name] = test_rounds(it, model, nets, test)
+        log(f"{name}: chosen round {it['chosen']['round']}, {it['param_ratio']:.2f}x fewer "
+            f"parameters, test accuracy {it['chosen']['test_accuracy']:.4f} vs dense "
+            f"{it['dense_test_accuracy']:.4f}")
+        test = fw.test(data, f"{name}: dense network with units removed per score and "
+                       "fraction, weights zeroed per score and sparsity", "test loss",
+                       count=len(s.fractions) * 7 * 2 + len(s.sparsities) * 5 + 2)
+        entry["units"] = unit_curves(model, batch, test.x_test, test.y_test, s, log)
+        entry["params"] = param_curves(model, batch, test.x_test, test.y_test, s, log)
+        entry["seconds"] = secs + time.perf_counter() - t0
+    verdicts = judge_all(CLAIMS, measure(results["models"], correct))
+    results["claims"] = [v.to_dict() for v in verdicts]
     results["seconds"] = time.perf_counter() - start
+    results.update(fw.to_results())
     with atomic.staged_directory(out) as stage:
         figures = _figures(stage, results["models"])
         results["figures"] = figures
         atomic.write_json(stage / "results.json", results)
-        atomic.write_text(stage / "report.md", _report(results, figures, quick))
-    for c in results["claims"]:
-        log(f"[{'held' if c['held'] else 'NOT held'}] {c['model']}: {c['claim']} -- "
-            f"{c['measured']}")
+        atomic.write_text(stage / "report.md", _report(results, figures, quick, verdicts, fw))
+    for line in log_lines(verdicts, quick):
+        log(line)
     log(f"dead-units: {results['seconds']:.0f} s")
     return results
 
@@ -313,9 +403,16 @@ def _by(rows, key, score, value):
     return {r[key]: r[value] for r in rows if r["score"] == score}
 
 
-def claims(models: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each claim of the thesis, checked on the measured numbers."""
-    out = []
+def _share(wins: list, total: list) -> float:
+    return len(wins) / len(total) if total else float("nan")
+
+
+def measure(models: dict[str, Any], correct: dict[str, tuple[torch.Tensor, torch.Tensor]]
+            ) -> dict[str, Measured]:
+    """What each declared claim (`CLAIMS`) measured: per model, the share of fractions /
+    sparsities where a comparison holds, the size ratio, and the dense reference's and the
+    chosen network's correctness per test image (in points) for the paired accuracy claim."""
+    out: dict[str, Measured] = {}
     for name, e in models.items():
         urows = e["units"]["rows"]
         mrs = _by(urows, "fraction", "mrs", "mean_replacement")
@@ -323,42 +420,34 @@ def claims(models: dict[str, Any]) -> list[dict[str, Any]]:
         for other in ("norm", "random"):
             o = _by(urows, "fraction", other, "mean_replacement")
             wins = [f for f in fr if mrs[f] <= o[f]]
-            out.append({"model": name, "claim": f"MRS-chosen units hurt less than {other}-chosen",
-                        "held": len(wins) == len(fr),
-                        "measured": f"{len(wins)}/{len(fr)} fractions; loss increase MRS vs "
-                                    f"{other}: " + ", ".join(f"f={f}: {mrs[f]:.4f} vs {o[f]:.4f}"
-                                                             for f in fr)})
+            out[f"{name}:mrs-vs-{other}"] = single(
+                _share(wins, fr), f"{len(wins)}/{len(fr)} fractions; loss increase MRS vs "
+                f"{other}: " + ", ".join(f"f={f}: {mrs[f]:.4f} vs {o[f]:.4f}" for f in fr))
         rem = _by(urows, "fraction", "mrs", "removal")
         wins = [f for f in fr if mrs[f] < rem[f]]
-        all_scores = [(r["score"], r["fraction"]) for r in urows
-                      if r["mean_replacement"] < r["removal"]]
-        out.append({"model": name,
-                    "claim": "mean replacement beats plain removal at every fraction",
-                    "held": len(wins) == len(fr),
-                    "measured": f"MRS-chosen units: {len(wins)}/{len(fr)} fractions; all scores: "
-                                f"{len(all_scores)}/{len(urows)} (score, fraction) pairs"})
+        every = [r for r in urows if r["mean_replacement"] < r["removal"]]
+        out[f"{name}:mean-replacement"] = single(
+            _share(wins, fr), f"{len(wins)}/{len(fr)} fractions; all scores: {len(every)}/"
+            f"{len(urows)} (score, fraction) pairs")
         prow = e["params"]["rows"]
         sg = _by(prow, "sparsity", "taylor1", "loss_increase")
         ab = _by(prow, "sparsity", "taylor1-abs", "loss_increase")
-        wins = [sp for sp in sg if ab[sp] < sg[sp]]
-        out.append({"model": name, "claim": "absolute Taylor beats signed Taylor",
-                    "held": len(wins) == len(sg),
-                    "measured": f"{len(wins)}/{len(sg)} sparsities; " + ", ".join(
-                        f"{sp}: {ab[sp]:.4f} vs {sg[sp]:.4f}" for sp in sorted(sg))})
+        sps = sorted(sg)
+        wins = [sp for sp in sps if ab[sp] < sg[sp]]
+        out[f"{name}:taylor-abs"] = single(
+            _share(wins, sps), f"{len(wins)}/{len(sps)} sparsities; " + ", ".join(
+                f"{sp}: {ab[sp]:.4f} vs {sg[sp]:.4f}" for sp in sps))
         it = e["iterative"]
-        # accuracies are counts / n: a drop of exactly 50 in 10,000 must not fail by float error
-        held = (it["param_ratio"] >= TARGET_RATIO
-                and round(it["test_drop_points"], 9) <= round(100 * BAND, 9))
-        out.append({"model": name,
-                    "claim": ">= 5x fewer parameters within 0.5 points of dense accuracy",
-                    "held": held,
-                    "measured": f"{it['param_ratio']:.2f}x fewer ({it['chosen']['params']} of "
-                                f"{it['dense_params']}), test accuracy "
-                                f"{it['chosen']['test_accuracy']:.4f} vs dense "
-                                f"{it['dense_test_accuracy']:.4f}, both after the same final "
-                                f"fine-tune (drop {it['test_drop_points']:.2f} points; "
-                                f"{it['test_drop_vs_dense_points']:.2f} vs the dense net "
-                                "before it)"})
+        out[f"{name}:size"] = single(
+            it["param_ratio"], f"{it['chosen']['params']} of {it['dense_params']} parameters "
+            f"(round {it['chosen']['round']})")
+        if name in correct:
+            ref, chosen = correct[name]
+            out[f"{name}:accuracy"] = paired(
+                (100 * ref.double()).tolist(), (100 * chosen.double()).tolist(),
+                f"test accuracy {it['chosen']['test_accuracy']:.4f} vs dense "
+                f"{it['dense_test_accuracy']:.4f} ({it['test_drop_vs_dense_points']:.2f} points "
+                "vs the dense net before its final fine-tune)")
     return out
 
 
@@ -418,7 +507,8 @@ def _figures(stage: Path, models: dict[str, Any]) -> list[str]:
     return files
 
 
-def _report(results: dict[str, Any], figures: list[str], quick: bool) -> str:
+def _report(results: dict[str, Any], figures: list[str], quick: bool, verdicts,
+            fw: Firewall) -> str:
     s = results["settings"]
     lines = [
         "# Dead units, saliency scores and mean replacement (Evci 2018)",
@@ -431,8 +521,11 @@ def _report(results: dict[str, Any], figures: list[str], quick: bool) -> str:
         "",
         "## Claims",
         "",
-        markdown_table([{**c, "held": "yes" if c["held"] else "no"} for c in results["claims"]],
-                       ["model", "claim", "held", "measured"]),
+        claims_markdown(verdicts, quick),
+        "",
+        "## Test-set firewall",
+        "",
+        *fw.report_lines(),
         "",
     ]
     for name, e in results["models"].items():

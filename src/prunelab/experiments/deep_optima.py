@@ -11,6 +11,12 @@
    random forest, on the same repeated stratified splits.
 4. Which inputs the surviving first-layer weights of successful annealed nets use.
 
+Claims are declared in `CLAIMS` before anything runs and judged by `prunelab.claims`:
+comparisons over seeds (XOR retraining) and over repeated splits (real data) are paired, with
+95% bootstrap intervals, and need 10 seeds or splits at the full setting. Nothing is chosen at
+run time (every setting below is fixed in advance), so the test-set firewall
+(`prunelab.firewall`) is frozen at the start and records every test evaluation.
+
 Settings chosen (the papers leave them open): mu = 5 rather than 20, because with 500-2000
 weights and N = 60 epochs mu = 20 drops to a few percent of the weights within 5 epochs and
 succeeded less often in our trials; keep = 40 (the 2-input XOR needs ~4 hidden units on 2
@@ -33,9 +39,21 @@ import numpy as np
 import torch
 
 from prunelab import atomic
+from prunelab.claims import (
+    Claim,
+    Measured,
+    claims_markdown,
+    declare,
+    judge_all,
+    log_lines,
+    missing,
+    paired,
+    single,
+)
 from prunelab.config import RunConfig, TrainConfig
-from prunelab.data import Dataset, load_dataset
+from prunelab.data import Dataset
 from prunelab.errors import PrunelabError
+from prunelab.firewall import Firewall
 from prunelab.landscape.census import CensusConfig, run_census
 from prunelab.methods import build_method
 from prunelab.report import aggregate, markdown_table, new_figure, save_figure, text_table
@@ -44,6 +62,45 @@ from prunelab.threads import torch_threads
 from prunelab.train import run as train_run
 
 REAL_SETS = ("madelon-like", "madelon", "colon", "leukemia")
+REAL_BASELINES = {
+    "dense-mlp": "the dense MLP (METHODS 1 (d): pruning recovers or improves accuracy)",
+    "retrain-scratch": "its mask retrained from a new init (METHODS 1 (c))",
+    "retrain-original": "its mask retrained from its own initial weights (METHODS 1 (c))",
+    "random-forest": "a random forest (reference baseline)",
+    "l1-logistic": "L1-regularised logistic regression (reference baseline)",
+}
+SEEDS_FULL = 10  # seeds (XOR retraining) and splits (real data) a paired claim needs
+
+CLAIMS = declare(
+    Claim("census-slope", "dense: log(distinct optima) rises with the irrelevant variables",
+          "optima census of dense training", "slope of log(count) per irrelevant variable",
+          ">", 0.0, "single", source="METHODS 1 (a)"),
+    Claim("census-r2", "dense: log(count) is linear in the irrelevant variables",
+          "optima census of dense training (settings with count < R in every draw)",
+          "R^2 of the fit", ">=", 0.9, "single", quick_expected=False,
+          source="METHODS 1 (a); quick: R = 32 saturates after a few settings"),
+    Claim("census-success", "annealed pruning succeeds where dense training mostly fails "
+          "(>= 2x its success rate at the largest irrelevant count)",
+          "success rate (test accuracy >= success threshold) over all restarts",
+          "annealed - 2 x dense", ">", 0.0, "single", source="METHODS 1 (b)"),
+    Claim("census-relevant", "surviving first-layer weights of successful annealed nets sit "
+          "on the relevant inputs", "share of the surviving first-layer weights on relevant "
+          "inputs, pooled over settings with irrelevant > 0", "share", ">=", 0.9, "single",
+          source="METHODS 1 targets"),
+    Claim("xor-vs-original", "XOR: annealed beats its mask retrained from the original init",
+          "XOR test accuracy, paired by seed", "annealed - retrain-original", ">", 0.0,
+          "paired_bootstrap", n=SEEDS_FULL, quick_expected=False, source="METHODS 1 (c)"),
+    Claim("xor-vs-scratch", "XOR: annealed beats its mask retrained from a new init",
+          "XOR test accuracy, paired by seed", "annealed - retrain-scratch", ">", 0.0,
+          "paired_bootstrap", n=SEEDS_FULL, quick_expected=False, source="METHODS 1 (c)"),
+    Claim("xor-original-vs-scratch", "XOR: original-init retraining >= scratch retraining",
+          "XOR test accuracy, paired by seed", "retrain-original - retrain-scratch", ">=", 0.0,
+          "paired_bootstrap", n=SEEDS_FULL, quick_expected=False, source="METHODS 1 targets"),
+    *[Claim(f"{name}:annealed-vs-{base}", f"{name}: annealed MLP beats {what}",
+            f"{name} test accuracy, paired by split", f"annealed - {base}", ">", 0.0,
+            "paired_bootstrap", n=SEEDS_FULL, unit="splits", quick_expected=False)
+      for name in REAL_SETS for base, what in REAL_BASELINES.items()],
+)
 
 
 @dataclass
@@ -71,9 +128,9 @@ def settings(quick: bool) -> Settings:
     # variables and 0.90 at 8, and fewer optima at 4 than at 2).
     census = CensusConfig(irrelevant=[0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128],
                           restarts=200, chunk=50, data_draws=3)
-    return Settings(census, 32, list(range(10)),
-                    {"madelon-like": [0, 1, 2], "madelon": [0, 1, 2],
-                     "colon": list(range(10)), "leukemia": list(range(10))})
+    # 10 splits of every set: the paired real-data claims need >= 10 (3 of the madelons before)
+    return Settings(census, 32, list(range(SEEDS_FULL)),
+                    {name: list(range(SEEDS_FULL)) for name in REAL_SETS})
 
 
 # ----------------------------------------------------------------------------- XOR retrain
@@ -96,11 +153,16 @@ def _relevant_fraction(masks: dict[str, torch.Tensor], relevant: list[int]) -> f
     return float(first[:, relevant].sum() / alive) if alive else float("nan")
 
 
-def retrain_table(s: Settings, log: Callable[[str], None], progress) -> list[dict[str, Any]]:
-    """Annealed nets on XOR and their masks retrained from scratch and from the original init."""
+def retrain_table(s: Settings, log: Callable[[str], None], progress,
+                  firewall: Firewall) -> list[dict[str, Any]]:
+    """Annealed nets on XOR and their masks retrained from scratch and from the original init
+    (test data handed out by the frozen `firewall`, each access recorded)."""
     c, p = s.census, s.retrain_irrelevant
-    data = load_dataset("xor", n_relevant=c.n_relevant, n_irrelevant=p, n_train=c.n_train,
-                        n_test=c.n_test, seed=c.data_seed)
+    data = firewall.load("xor", n_relevant=c.n_relevant, n_irrelevant=p, n_train=c.n_train,
+                         n_test=c.n_test, seed=c.data_seed)
+    data = firewall.test(data, f"XOR ({p} irrelevant): dense, annealed and both retrains, "
+                         f"seeds {s.retrain_seeds}", "test accuracy (each epoch; the last "
+                         "reported)", count=4 * len(s.retrain_seeds))
     rows = []
     for seed in s.retrain_seeds:
         dense_cfg = _xor_cfg(c, p, seed, "dense", {})
@@ -154,19 +216,23 @@ def _sklearn_rows(name: str, split: int, data: Dataset, trees: int) -> list[dict
     ]
 
 
-def real_table(s: Settings, log: Callable[[str], None], progress
+def real_table(s: Settings, log: Callable[[str], None], progress, firewall: Firewall
                ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The real-data comparison; returns rows and notes on data sets that were skipped."""
+    """The real-data comparison; returns rows and notes on data sets that were skipped (test
+    data handed out by the frozen `firewall`, each access recorded)."""
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     for name in REAL_SETS:
-        for split in s.real_splits[name]:
+        for split in s.real_splits.get(name, []):
             try:
-                data = load_dataset(name, data_dir=_data_dir(), seed=split)
+                data = firewall.load(name, data_dir=_data_dir(), seed=split)
             except PrunelabError as exc:
                 notes.append(f"{name} skipped: {exc}")
                 log(notes[-1])
                 break
+            data = firewall.test(data, f"{name} split {split}: dense MLP, annealed, both "
+                                 "retrains, L1 logistic, random forest", "test accuracy",
+                                 count=6)
             epochs = s.real_epochs[name]
             bs = 64 if data.n_train > 500 else 16
             ann = {"keep": s.real_keep, "mu": 5.0, "min_layer_keep": 8}
@@ -252,24 +318,41 @@ def _figures(stage: Path, census: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------- run
 
 
-def _claims(census, retrain_rows, s: Settings) -> list[dict[str, Any]]:
+def _by_seed(rows: list[dict[str, Any]], key: str, label: str, seed_key: str
+             ) -> dict[int, float]:
+    return {r[seed_key]: r["test_accuracy"] for r in rows if r[key] == label}
+
+
+def _paired(rows: list[dict[str, Any]], key: str, a: str, b: str, seed_key: str,
+            what: str) -> Measured:
+    """A's and B's test accuracies paired by seed or split (only those both have)."""
+    xa, xb = _by_seed(rows, key, a, seed_key), _by_seed(rows, key, b, seed_key)
+    both = sorted(set(xa) & set(xb))
+    if not both:
+        return missing(f"no {what} with both {a} and {b}")
+    return paired([xa[i] for i in both], [xb[i] for i in both])
+
+
+def measure(census: dict[str, Any], retrain_rows: list[dict[str, Any]],
+            real_rows: list[dict[str, Any]], notes: list[str]) -> dict[str, Measured]:
+    """What each declared claim (`CLAIMS`) measured in this run."""
+    out: dict[str, Measured] = {}
     sets = census["settings"]
     fit = census["fits"].get("dense") or {}
-    claims = []
-    ok = fit.get("slope") is not None and fit["slope"] > 0 and fit["r2"] >= 0.9
-    claims.append({"claim": "dense log(count) rises linearly with irrelevant variables "
-                   "(slope > 0, R^2 >= 0.9 where count < R)", "held": ok,
-                   "measured": "fewer than 2 unsaturated points" if fit.get("slope") is None
-                   else f"slope {fit['slope']:.3f}, R^2 {fit['r2']:.3f} over {fit['points']} "
-                   "points"})
+    if fit.get("slope") is None:
+        out["census-slope"] = out["census-r2"] = missing(
+            "fewer than 2 settings below R (the count saturates)")
+    else:
+        pts = f"over {fit['points']} settings"
+        out["census-slope"] = single(fit["slope"], pts)
+        out["census-r2"] = single(fit["r2"], pts)
     top = max(x["irrelevant"] for x in sets)
     dn = next(x for x in sets if x["method"] == "dense" and x["irrelevant"] == top)
     an = next(x for x in sets if x["method"] == "annealed" and x["irrelevant"] == top)
-    claims.append({"claim": f"annealed success >= 2x dense at {top} irrelevant variables",
-                   "held": an["success_rate"] >= 2 * dn["success_rate"] and
-                   an["success_rate"] > 0,
-                   "measured": f"annealed {an['success_rate']:.3f}, dense "
-                   f"{dn['success_rate']:.3f}"})
+    out["census-success"] = single(
+        an["success_rate"] - 2 * dn["success_rate"],
+        f"at {top} irrelevant: annealed {an['success_rate']:.3f}, dense "
+        f"{dn['success_rate']:.3f}")
     alive = rel = 0.0
     for x in census["records"]:
         if not x.startswith("annealed-") or x.endswith("irr0"):
@@ -278,17 +361,20 @@ def _claims(census, retrain_rows, s: Settings) -> list[dict[str, Any]]:
             if r["test_accuracy"] >= census["config"]["success_threshold"]:
                 alive += r["first_layer_alive"]
                 rel += r["relevant_fraction"] * r["first_layer_alive"]
-    pooled = rel / alive if alive else float("nan")
-    claims.append({"claim": ">= 90% of surviving first-layer weights of successful annealed "
-                   "nets sit on the relevant inputs", "held": bool(pooled >= 0.9),
-                   "measured": f"pooled over settings with irrelevant > 0: {pooled:.3f}"})
-    means = {r["net"]: r["test_accuracy"] for r in aggregate(retrain_rows, ["net"],
-                                                             ["test_accuracy"])}
-    claims.append({"claim": "annealed beats both retrain baselines in mean XOR test accuracy",
-                   "held": means["annealed"] > max(means["retrain-scratch"],
-                                                   means["retrain-original"]),
-                   "measured": ", ".join(f"{k} {v:.4f}" for k, v in means.items())})
-    return claims
+    out["census-relevant"] = (single(rel / alive) if alive
+                              else missing("no successful annealed restart"))
+    for name, a, b in (("xor-vs-original", "annealed", "retrain-original"),
+                       ("xor-vs-scratch", "annealed", "retrain-scratch"),
+                       ("xor-original-vs-scratch", "retrain-original", "retrain-scratch")):
+        out[name] = _paired(retrain_rows, "net", a, b, "seed", "seed")
+    for data in REAL_SETS:
+        rows = [r for r in real_rows if r["dataset"] == data]
+        why = next((n for n in notes if n.startswith(f"{data} ")), "no splits run")
+        for base in REAL_BASELINES:
+            out[f"{data}:annealed-vs-{base}"] = (
+                _paired(rows, "model", "annealed", base, "split", "split") if rows
+                else missing(why))
+    return out
 
 
 @torch_threads(1)  # these tiny models only lose time to intra-op threads
@@ -305,21 +391,32 @@ def run(
     s = settings(quick)
     start = time.perf_counter()
     cpu_start = time.process_time()
+    fw = Firewall("deep-optima")
+    # nothing is chosen at run time: every setting is fixed in `settings(quick)` beforehand
+    fw.freeze(settings=f"deep_optima.settings(quick={quick})", retrain_seeds=s.retrain_seeds,
+              real_splits=s.real_splits, real_keep=s.real_keep, real_lr=3e-3,
+              note="no run-time choices")
     work = out.parent / f".{out.name}.census-work"
     previous = out / "census" / "census.json"
     if not work.exists() and previous.is_file():  # reuse the census of an earlier finished run
         if json.loads(previous.read_text()).get("key") == s.census.key():
             shutil.copytree(out / "census", work)
     census = run_census(s.census, work, log=log)
+    c = s.census
+    fw.record(f"census: every restart on its XOR draw's test set ({len(c.irrelevant)} "
+              f"irrelevant counts x {len(c.methods)} methods x {c.data_draws} draws x "
+              f"{c.restarts} restarts)", "test accuracy (success: >= "
+              f"{c.success_threshold})",
+              count=len(c.irrelevant) * len(c.methods) * c.data_draws * c.restarts)
     t_census = time.perf_counter() - start
-    retrain_rows = retrain_table(s, log, progress)
-    real_rows, notes = real_table(s, log, progress)
+    retrain_rows = retrain_table(s, log, progress, fw)
+    real_rows, notes = real_table(s, log, progress, fw)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     retrain_summary = aggregate(retrain_rows, ["net"], ["test_accuracy", "success"])
     real_summary = aggregate(real_rows, ["dataset", "model"],
                              ["test_accuracy", "features_used", "relevant_fraction"])
-    claims = _claims(census, retrain_rows, s)
+    verdicts = judge_all(CLAIMS, measure(census, retrain_rows, real_rows, notes))
     with atomic.staged_directory(out) as stage:
         figures = _figures(stage, census)
         shutil.copytree(work, stage / "census")
@@ -329,19 +426,22 @@ def run(
             "census": {k: v for k, v in census.items() if k != "records"},
             "retrain": {"rows": retrain_rows, "summary": retrain_summary},
             "real": {"rows": real_rows, "summary": real_summary, "notes": notes},
-            "claims": claims, "figures": figures,
+            "claims": [v.to_dict() for v in verdicts], "figures": figures,
+            **fw.to_results(),
         }
         atomic.write_json(stage / "results.json", results)
-        atomic.write_text(stage / "report.md", _report(results, s, census))
+        atomic.write_text(stage / "report.md", _report(results, s, census, verdicts, fw))
     shutil.rmtree(work, ignore_errors=True)
     log(text_table(census["settings"], ["method", "irrelevant", "count", "success_rate",
                                         "relevant_fraction_successful"]))
-    log(text_table(claims, ["held", "claim"]))
+    for line in log_lines(verdicts, quick):
+        log(line)
     log(f"wrote {out}/report.md ({elapsed:.0f} s)")
     return results
 
 
-def _report(results: dict[str, Any], s: Settings, census: dict[str, Any]) -> str:
+def _report(results: dict[str, Any], s: Settings, census: dict[str, Any], verdicts,
+            fw: Firewall) -> str:
     c = s.census
     cols = ["method", "irrelevant", "restarts", "count", "success_rate", "test_accuracy_mean",
             "largest_cluster", "relevant_fraction_successful"]
@@ -365,8 +465,11 @@ def _report(results: dict[str, Any], s: Settings, census: dict[str, Any]) -> str
         "",
         "## Claims",
         "",
-        markdown_table([{**x, "held": "yes" if x["held"] else "NO"} for x in results["claims"]],
-                       ["claim", "held", "measured"]),
+        claims_markdown(verdicts, results["quick"]),
+        "",
+        "## Test-set firewall",
+        "",
+        *fw.report_lines(),
         "",
         "## Census",
         "",

@@ -24,8 +24,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunelab import atomic
+from prunelab.claims import Claim, Measured, claims_markdown, declare, judge_all, missing, single
 from prunelab.data import load_dataset
 from prunelab.errors import DataError
+from prunelab.firewall import Firewall
 from prunelab.landscape import spectrum as S
 from prunelab.landscape.hessian import HessianOperator
 from prunelab.report import markdown_table, new_figure, save_figure
@@ -36,6 +38,38 @@ WIDTHS = (10, 5)
 LR = 0.1
 GRAD_TOL = 1e-4
 INIT_STD = 0.1
+
+_ALL_K = "share of k in {2, 3, 5, 10} for which it holds"
+_SINGLE = "exact spectrum, one seed per k"
+_CONVERGED = "quick: gradient descent stops far from convergence"
+CLAIMS = declare(
+    Claim("outliers", "k clusters give k-1 or k outliers (largest log-gap rule)", _SINGLE,
+          _ALL_K, ">=", 1.0, "single", quick_expected=False, source=f"METHODS 4; {_CONVERGED}"),
+    Claim("width-top", "doubling the width moves the top-k eigenvalues by < 30%", _SINGLE,
+          "largest relative change over k", "<", 0.30, "single", quick_expected=False,
+          source=f"METHODS 4; {_CONVERGED}"),
+    Claim("width-near-zero", "doubling the width grows the near-zero fraction", _SINGLE, _ALL_K,
+          ">=", 1.0, "single", source="METHODS 4"),
+    Claim("separability-shrink", "less separable data shrinks the outliers", _SINGLE,
+          "share of k in {3, 5} whose top eigenvalue falls", ">=", 1.0, "single",
+          source="METHODS 4"),
+    Claim("separability-bulk", "less separable data leaves the bulk unchanged", _SINGLE,
+          "largest change of the near-zero fraction over k in {3, 5}", "<=", 0.10, "single",
+          source="METHODS 4"),
+    Claim("gauss-newton", "G and H top-k eigenvalues agree at convergence", _SINGLE,
+          "largest relative difference over k", "<=", 0.10, "single", quick_expected=False,
+          source=f"METHODS 4; {_CONVERGED}"),
+    Claim("lb-sb-uphill", "large batch then small batch climbs uphill then down",
+          "full-batch training loss during the small-batch phase",
+          "min(climb above L(LB), descent below the peak)", ">", 0.0, "single",
+          source="METHODS 4"),
+    Claim("lb-sb-no-barrier", "the straight line LB -> SB has no barrier",
+          "training loss along the line", "rise above its ends / max(L(LB), L(SB))", "<=",
+          0.01, "single", source="METHODS 4"),
+    Claim("mnist-outliers", "MNIST 1k, one hidden layer of width 10-70: 9 or 10 outliers",
+          "top eigenvalues by Lanczos, one seed per width", "share of widths for which it holds",
+          ">=", 1.0, "single", quick_expected=False, source=f"METHODS 4; {_CONVERGED}"),
+)
 
 
 def _mlp(d_in: int, k: int, widths: tuple[int, ...], seed: int) -> nn.Sequential:
@@ -95,10 +129,6 @@ def _top(ev: np.ndarray, k: int) -> np.ndarray:
 
 def _fmt_list(values, digits: int = 3) -> str:
     return ", ".join(f"{v:.{digits}g}" for v in values)
-
-
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("held" if ok else "did not hold")
 
 
 # ----------------------------------------------------------------------------- parts
@@ -277,6 +307,8 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     seed = 0
     max_steps = 1500 if quick else 40000
     start = time.perf_counter()
+    fw = Firewall("hessian-spectrum")  # no test split is read: every claim is on training data
+    fw.freeze(note="no run-time choices; spectra of the training loss only")
     log("A/D: exact spectra of H and G for k clusters")
     cl_rows, cl_spec = part_clusters(max_steps, seed, log)
     log("B: width doubling")
@@ -291,59 +323,53 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     out = Path(out)
     with atomic.staged_directory(out) as stage:
         figs = _figures(stage, cl_spec, w_spec, s_spec, lbsb, mnist)
-        claims = _claims(cl_rows, w_rows, s_rows, lbsb, mnist)
+        verdicts = judge_all(CLAIMS, measure(cl_rows, w_rows, s_rows, lbsb, mnist))
         results = {"quick": quick, "settings": {"widths": list(WIDTHS), "lr": LR,
                                                 "grad_tol": GRAD_TOL, "max_gd_steps": max_steps,
                                                 "init_std": INIT_STD, "n_train": 100},
                    "clusters": cl_rows, "width": w_rows, "separability": s_rows,
-                   "lb_sb": lbsb, "mnist": mnist, "claims": claims, "figures": figs,
-                   "seconds": time.perf_counter() - start}
+                   "lb_sb": lbsb, "mnist": mnist, "claims": [v.to_dict() for v in verdicts],
+                   "figures": figs, "seconds": time.perf_counter() - start,
+                   **fw.to_results()}
         atomic.write_json(stage / "results.json", results)
-        atomic.write_text(stage / "report.md", _report(results))
+        atomic.write_text(stage / "report.md", _report(results, verdicts))
     log(f"done in {results['seconds']:.0f} s")
     return results
 
 
-def _claims(cl_rows, w_rows, s_rows, lbsb, mnist) -> list[dict[str, Any]]:
-    c = []
-    c.append({"claim": "k clusters give k-1 or k outliers (exact spectrum, largest log-gap)",
-              "held": all(r["ok_outliers"] for r in cl_rows),
-              "measured": "; ".join(f"k={r['k']}: {r['outliers']}" for r in cl_rows)})
-    c.append({"claim": "doubling the width moves the top-k eigenvalues by < 30%",
-              "held": all(r["ok_top"] for r in w_rows),
-              "measured": "; ".join(f"k={r['k']}: {r['max_rel_change']:.0%}" for r in w_rows)})
-    c.append({"claim": "doubling the width grows the near-zero fraction",
-              "held": all(r["ok_near_zero"] for r in w_rows),
-              "measured": "; ".join(f"k={r['k']}: {r['near_zero_w']:.2f} -> "
-                                    f"{r['near_zero_2w']:.2f}" for r in w_rows)})
-    c.append({"claim": "less separable data shrinks the outliers",
-              "held": all(r["ok_shrink"] for r in s_rows),
-              "measured": "; ".join(f"k={r['k']}: top {r['top_k_separable'].split(',')[0]} -> "
-                                    f"{r['top_k_overlapping'].split(',')[0]}" for r in s_rows)})
-    c.append({"claim": "less separable data leaves the bulk unchanged (near-zero fraction "
-                       "within 0.10)",
-              "held": all(r["ok_bulk"] for r in s_rows),
-              "measured": "; ".join(f"k={r['k']}: {r['near_zero_sep']:.2f} -> "
-                                    f"{r['near_zero_ovl']:.2f}" for r in s_rows)})
-    c.append({"claim": "G and H top-k eigenvalues within 10% at convergence",
-              "held": all(r["ok_gn"] for r in cl_rows),
-              "measured": "; ".join(f"k={r['k']}: {r['G_vs_H_max_rel']:.2%}" for r in cl_rows)})
-    c.append({"claim": "large batch then small batch climbs uphill then down",
-              "held": lbsb["ok_uphill_then_down"],
-              "measured": f"L(LB) {lbsb['loss_lb']:.4g}, SB peak {lbsb['peak_sb']:.4g}, "
-                          f"L(SB) {lbsb['loss_sb']:.4g}"})
-    c.append({"claim": "the straight line LB -> SB has no barrier (<= 1% of the end losses)",
-              "held": lbsb["ok_no_barrier"],
-              "measured": f"barrier {lbsb['line_barrier']:.3g}"})
-    if "skipped" in mnist:
-        c.append({"claim": "MNIST 1k, widths 10-70: 9 or 10 outliers", "held": None,
-                  "measured": mnist["skipped"]})
-    else:
-        c.append({"claim": "MNIST 1k, widths 10-70: 9 or 10 outliers",
-                  "held": all(r["ok_outliers"] for r in mnist["rows"]),
-                  "measured": "; ".join(f"w={r['width']}: {r['outliers']}"
-                                        for r in mnist["rows"])})
-    return c
+def _share(flags) -> float:
+    flags = list(flags)
+    return sum(bool(f) for f in flags) / len(flags)
+
+
+def measure(cl_rows, w_rows, s_rows, lbsb, mnist) -> dict[str, Measured]:
+    """What each declared claim (`CLAIMS`) measured."""
+    out = {
+        "outliers": single(_share(r["ok_outliers"] for r in cl_rows), "; ".join(
+            f"k={r['k']}: {r['outliers']}" for r in cl_rows)),
+        "width-top": single(max(r["max_rel_change"] for r in w_rows), "; ".join(
+            f"k={r['k']}: {r['max_rel_change']:.0%}" for r in w_rows)),
+        "width-near-zero": single(_share(r["ok_near_zero"] for r in w_rows), "; ".join(
+            f"k={r['k']}: {r['near_zero_w']:.2f} -> {r['near_zero_2w']:.2f}" for r in w_rows)),
+        "separability-shrink": single(_share(r["ok_shrink"] for r in s_rows), "; ".join(
+            f"k={r['k']}: top {r['top_k_separable'].split(',')[0]} -> "
+            f"{r['top_k_overlapping'].split(',')[0]}" for r in s_rows)),
+        "separability-bulk": single(max(abs(r["near_zero_ovl"] - r["near_zero_sep"])
+                                        for r in s_rows), "; ".join(
+            f"k={r['k']}: {r['near_zero_sep']:.2f} -> {r['near_zero_ovl']:.2f}"
+            for r in s_rows)),
+        "gauss-newton": single(max(r["G_vs_H_max_rel"] for r in cl_rows), "; ".join(
+            f"k={r['k']}: {r['G_vs_H_max_rel']:.2%}" for r in cl_rows)),
+        "lb-sb-uphill": single(min(lbsb["climb"], lbsb["descent"]),
+                               f"L(LB) {lbsb['loss_lb']:.4g}, SB peak {lbsb['peak_sb']:.4g}, "
+                               f"L(SB) {lbsb['loss_sb']:.4g}"),
+        "lb-sb-no-barrier": single(lbsb["line_barrier"] / max(lbsb["loss_lb"], lbsb["loss_sb"]),
+                                   f"barrier {lbsb['line_barrier']:.3g}"),
+    }
+    out["mnist-outliers"] = (missing(mnist["skipped"]) if "skipped" in mnist else single(
+        _share(r["ok_outliers"] for r in mnist["rows"]),
+        "; ".join(f"w={r['width']}: {r['outliers']}" for r in mnist["rows"])))
+    return out
 
 
 def _figures(stage: Path, cl_spec, w_spec, s_spec, lbsb, mnist) -> list[str]:
@@ -391,7 +417,7 @@ def _figures(stage: Path, cl_spec, w_spec, s_spec, lbsb, mnist) -> list[str]:
     return [f"figures/{m}" for m in made]
 
 
-def _report(r: dict[str, Any]) -> str:
+def _report(r: dict[str, Any], verdicts) -> str:
     s = r["settings"]
     lines = [
         "# Hessian spectrum: bulk and outliers (Sagun et al.)",
@@ -406,9 +432,10 @@ def _report(r: dict[str, Any]) -> str:
         "",
         "## Claims",
         "",
-        markdown_table([{"claim": c["claim"], "result": _verdict(c["held"]),
-                         "measured": c["measured"]} for c in r["claims"]],
-                       ["claim", "result", "measured"]),
+        claims_markdown(verdicts, r["quick"]),
+        "",
+        "No test split is read: every claim is on the training loss (results.json "
+        "`test_evaluations` is empty).",
         "",
         "## A/D. Clusters: outliers, and G vs H",
         "",

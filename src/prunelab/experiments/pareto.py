@@ -17,6 +17,11 @@ Protocol (choices where the paper leaves room are documented in the report):
 - SMGD (momentum SGD, as in the paper; the Adam variant too) runs for the short-run budget and
   its validation point is compared with the weighted-sum front: the dominance gap (additive
   epsilon indicator scaled by the front's range) must be <= SMGD_TOLERANCE.
+- Test-set firewall (`prunelab.firewall`): MNIST is loaded with its test split sealed; the knee
+  is chosen on validation data and frozen before any test data is read; the knee's and SMGD's
+  test evaluations are recorded in results.json. Claims are declared in `CLAIMS` and judged by
+  `prunelab.claims` (one training run: the accuracy target takes a bootstrap over the test
+  images, the others are single measurements).
 """
 
 from __future__ import annotations
@@ -31,8 +36,18 @@ import numpy as np
 import torch
 
 from prunelab import atomic
+from prunelab.claims import (
+    Claim,
+    Measured,
+    claims_markdown,
+    declare,
+    judge_all,
+    log_lines,
+    samples,
+    single,
+)
 from prunelab.config import TrainConfig
-from prunelab.data import load_dataset
+from prunelab.firewall import Firewall
 from prunelab.models import build_model
 from prunelab.multiobjective.knee import (
     FrontPoint,
@@ -50,12 +65,31 @@ from prunelab.multiobjective.pareto import (
 )
 from prunelab.multiobjective.smgd import SMGDConfig, train_smgd
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
+from prunelab.seed_noise import misclassified
 from prunelab.threads import torch_threads
 from prunelab.train import evaluate
 
 REFERENCE = {"test_accuracy": 0.989, "nonzero_per_layer": [2107, 300, 170], "dense_weights": 58920}
 TARGET_PRUNED, TARGET_ACCURACY, TARGET_RUNS = 0.95, 0.985, 20
 SMGD_TOLERANCE = 0.05  # dominance gap, as a fraction of the front's range per objective
+_RETRAIN = "quick: the knee is retrained 6 epochs on 12k images"
+
+CLAIMS = declare(
+    Claim("knee-pruned", f">= {TARGET_PRUNED:.0%} of the dense weights pruned at the knee",
+          "the knee, retrained (nonzero dense-layer weights)", "pruned fraction", ">=",
+          TARGET_PRUNED, "single", quick_expected=False, source=f"Reiners et al.; {_RETRAIN}"),
+    Claim("knee-accuracy", f"the knee reaches >= {TARGET_ACCURACY:.1%} test accuracy",
+          "test accuracy of the retrained knee, per test image", "accuracy", ">=",
+          TARGET_ACCURACY, "bootstrap_mean", n=1, unit="test images (one training run)",
+          quick_expected=False, source=f"Reiners et al.; {_RETRAIN}"),
+    Claim("knee-budget", f"the knee is found in <= {TARGET_RUNS} short runs",
+          "short weighted-sum runs of the adaptive search", "runs", "<=", TARGET_RUNS,
+          "single", source="Reiners et al."),
+    *[Claim(f"smgd-{v}", f"SMGD ({v}) is not dominated by the weighted-sum front",
+            "validation (CE, l1) point after the short-run budget", "dominance gap (fraction "
+            "of the front's range)", "<=", SMGD_TOLERANCE, "single", source="Reiners et al.")
+      for v in ("sgd", "adam")],
+)
 
 
 @dataclass
@@ -116,7 +150,8 @@ def run(
     out = Path(out)
     s = settings(quick)
     start, cpu_start = time.perf_counter(), time.process_time()
-    data = load_dataset("mnist", seed=s.seed)  # $PRUNELAB_DATA; a one-line DataError if absent
+    fw = Firewall("pareto")
+    data = fw.load("mnist", seed=s.seed)  # $PRUNELAB_DATA; a one-line DataError if absent
     if s.n_train is not None:
         data = data.subset_train(s.n_train, seed=s.seed)
     train_val = validation_split(data, s.n_val, seed=s.seed)
@@ -138,6 +173,9 @@ def run(
     assert knee is not None
     log(f"knee: lambda={knee.weight:.6g} (run {knee.index + 1}), validation CE {knee.f1:.4f}, "
         f"nonzero {knee.extra['nonzero']}")
+    fw.freeze(knee_weight=knee.weight, knee_run=knee.index + 1,
+              rule="interior point of the validation front where its slope jumps most",
+              finetune_epochs=s.finetune_epochs, smgd_lr=s.smgd_lr, smgd_adam_lr=s.smgd_adam_lr)
 
     # Final retrain of the knee for the full budget, fresh init; test set used only here.
     full = TrainConfig(**{**asdict(short), "epochs": s.full_epochs - s.finetune_epochs})
@@ -149,7 +187,10 @@ def run(
     knee_final = final_runner(knee.weight)
     model = model_fn()
     model.load_state_dict(knee_final.state)
-    knee_test = evaluate(model, data.x_test, data.y_test)
+    test = fw.test(data, "the knee, retrained", "test accuracy and loss, per test image")
+    knee_test = evaluate(model, test.x_test, test.y_test)
+    wrong = set(misclassified(model, test.x_test, test.y_test))
+    knee_correct = [0.0 if i in wrong else 1.0 for i in range(test.n_test)]
     retrain_seconds = time.perf_counter() - t0
     before = knee_final.extra["before_finetune"]
     log(f"knee retrained ({s.full_epochs} epochs, the last {s.finetune_epochs} a fine-tune): "
@@ -168,7 +209,8 @@ def run(
         m = model_fn()
         res = train_smgd(m, train_val, cfg, progress=progress)
         val = evaluate(m, train_val.x_test, train_val.y_test)
-        test = evaluate(m, data.x_test, data.y_test)
+        test_data = fw.test(data, f"SMGD ({variant})", "test accuracy")
+        test = evaluate(m, test_data.x_test, test_data.y_test)
         dense = {n: p for n, p in m.named_parameters() if n in knee.extra["nonzero_per_layer"]}
         nz = {n: int(p.detach().ne(0).sum()) for n, p in dense.items()}
         point = (val["loss"], res.final["l1"])
@@ -195,27 +237,8 @@ def run(
 
     elapsed = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
-    pruned = knee_final.extra["pruned_fraction"]
-    claims = {
-        "knee_pruned_and_accurate": {
-            "target": f">= {TARGET_PRUNED:.0%} of dense weights pruned at >= "
-                      f"{TARGET_ACCURACY:.1%} test accuracy (knee, retrained)",
-            "measured": f"{pruned:.2%} pruned at {knee_test['accuracy']:.2%}",
-            "held": bool(pruned >= TARGET_PRUNED and knee_test["accuracy"] >= TARGET_ACCURACY),
-        },
-        "knee_within_budget": {
-            "target": f"knee found in <= {TARGET_RUNS} short runs",
-            "measured": f"{search.runs} short runs",
-            "held": bool(search.runs <= TARGET_RUNS),
-        },
-    }
-    for row in smgd_rows:
-        claims[f"smgd_{row['variant']}_not_dominated"] = {
-            "target": f"SMGD ({row['variant']}) dominance gap <= {SMGD_TOLERANCE}",
-            "measured": f"{row['dominance_gap']:.4f}"
-                        + (" (a trivial, all-pruned solution)" if row["trivial"] else ""),
-            "held": bool(row["dominance_gap"] <= SMGD_TOLERANCE),
-        }
+    verdicts = judge_all(CLAIMS, measure(knee_final, knee_test, knee_correct, search,
+                                         smgd_rows))
     table = _comparison_table(knee_final, knee_test, smgd_rows, search)
     results = {
         "quick": quick,
@@ -234,19 +257,35 @@ def run(
                                "test_loss": knee_test["loss"]}},
         "smgd": smgd_rows,
         "table": table,
-        "claims": claims,
+        "claims": [v.to_dict() for v in verdicts],
+        **fw.to_results(),
     }
     with atomic.staged_directory(out) as stage:
         figures = _figures(stage, search, grid, knee, smgd_rows, smgd_coeffs)
         results["figures"] = figures
         atomic.write_json(stage / "results.json", results)
-        atomic.write_text(stage / "report.md", _report(results, s))
+        atomic.write_text(stage / "report.md", _report(results, s, verdicts, fw))
     log(text_table(table, ["solution", "test_accuracy", "dense_1", "dense_2", "dense_3",
                            "nonzero", "pruned"]))
-    for name, c in claims.items():
-        log(f"{name}: {'held' if c['held'] else 'did not hold'} ({c['measured']})")
+    for line in log_lines(verdicts, quick):
+        log(line)
     log(f"pareto: {elapsed:.0f} s wall, {cpu_seconds:.0f} s CPU")
     return results
+
+
+def measure(knee_final: FrontPoint, knee_test: dict[str, float], knee_correct: list[float],
+            search: KneeSearch, smgd_rows: list[dict[str, Any]]) -> dict[str, Measured]:
+    """What each declared claim (`CLAIMS`) measured."""
+    out = {
+        "knee-pruned": single(knee_final.extra["pruned_fraction"],
+                              f"{knee_final.extra['nonzero']} nonzero dense weights"),
+        "knee-accuracy": samples(knee_correct, f"test accuracy {knee_test['accuracy']:.4f}"),
+        "knee-budget": single(search.runs),
+    }
+    for row in smgd_rows:
+        out[f"smgd-{row['variant']}"] = single(
+            row["dominance_gap"], "a trivial, all-pruned solution" if row["trivial"] else "")
+    return out
 
 
 def _comparison_table(knee_final: FrontPoint, knee_test, smgd_rows, search: KneeSearch):
@@ -305,7 +344,7 @@ def _figures(stage: Path, search: KneeSearch, grid: KneeSearch, knee: FrontPoint
     return [loss, acc, coef]
 
 
-def _report(results: dict[str, Any], s: ParetoSettings) -> str:
+def _report(results: dict[str, Any], s: ParetoSettings, verdicts, fw: Firewall) -> str:
     search, grid = results["search"], results["grid"]
     cols = ["solution", "test_accuracy", "dense_1", "dense_2", "dense_3", "nonzero", "pruned"]
     pts = search["points"]
@@ -315,8 +354,6 @@ def _report(results: dict[str, Any], s: ParetoSettings) -> str:
                    "knee": p["index"] == search["knee"]} for p in pts]
     smgd_cols = ["variant", "lr", "val_ce", "l1", "val_accuracy", "test_accuracy", "nonzero",
                  "dominance_gap", "trivial", "c1_mean", "c1_min", "c1_max"]
-    claim_rows = [{"claim": c["target"], "measured": c["measured"],
-                   "held": "yes" if c["held"] else "no"} for c in results["claims"].values()]
     size = "all 60,000" if s.n_train is None else f"{s.n_train:,}"
     hv = results["hypervolume"]
     lines = [
@@ -336,7 +373,11 @@ def _report(results: dict[str, Any], s: ParetoSettings) -> str:
         "",
         "## Claims",
         "",
-        markdown_table(claim_rows, ["claim", "measured", "held"]),
+        claims_markdown(verdicts, results["quick"]),
+        "",
+        "## Test-set firewall",
+        "",
+        *fw.report_lines(),
         "",
         "## Against the reference",
         "",
