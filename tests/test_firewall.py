@@ -205,6 +205,17 @@ def _tiny_landscape(tmp_path, monkeypatch):
     return sl, lambda: sl.run(tmp_path / "out", quick=True, log=lambda s: None)
 
 
+def _tiny_landscape_resnet(tmp_path, monkeypatch):
+    from prunelab.experiments import sparse_landscape_resnet as slr
+
+    _mnist(monkeypatch)
+    tiny = slr.Settings(dataset="mnist", width=0.125, n_train=200, epochs=1, frequency=2,
+                        curve_epochs=1, line_points=3, curve_points=3, eval_train=100,
+                        eval_test=100, bn_samples=100, batch_size=50)
+    monkeypatch.setattr(slr, "settings", lambda quick: tiny)
+    return slr, lambda: slr.run(tmp_path / "out", quick=True, log=lambda s: None)
+
+
 def _tiny_bernoulli(tmp_path, monkeypatch):
     from prunelab.experiments import bernoulli
 
@@ -227,6 +238,7 @@ def _tiny_pareto(tmp_path, monkeypatch):
 
 TINY = {"deep-optima": _tiny_deep_optima, "hessian-spectrum": _tiny_hessian,
         "dead-units": _tiny_dead_units, "sparse-landscape": _tiny_landscape,
+        "sparse-landscape-resnet": _tiny_landscape_resnet,
         "bernoulli": _tiny_bernoulli, "pareto": _tiny_pareto}
 
 

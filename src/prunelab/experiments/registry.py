@@ -22,6 +22,8 @@ REPRODUCTIONS: dict[str, tuple[str, str]] = {
                    "saliency scores, mean replacement, >= 5x smaller MNIST nets (Evci)"),
     "sparse-landscape": ("prunelab.experiments.sparse_landscape",
                          "pruned vs scratch vs lottery: lines and Bezier curves (Evci et al.)"),
+    "sparse-landscape-resnet": ("prunelab.experiments.sparse_landscape_resnet",
+                                "the same on ResNet-20 with BatchNorm recomputed (80/90/95%)"),
     "hessian-spectrum": ("prunelab.experiments.hessian_spectrum",
                          "bulk and outliers of the Hessian (Sagun et al.)"),
     "bernoulli": ("prunelab.experiments.bernoulli",
