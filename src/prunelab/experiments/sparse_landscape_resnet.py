@@ -80,12 +80,13 @@ CLAIMS = declare(*_claims(SPARSITIES, CURVE_AT))
 
 @dataclass
 class Settings:
-    """The recipe: SGD momentum 0.9, lr 0.1 (cosine), weight decay 1e-4, batch 128; GMP from
-    10% to 60% of training every `frequency` steps, global over every convolution but the stem
-    (which stays dense with the classifier, as Gale et al. do); lottery rewinds to `rewind_fraction` of
-    training; curves trained `curve_epochs` epochs at the same lr; paths evaluated on
-    `eval_train` training and `eval_test` test images with BatchNorm statistics recomputed from
-    `bn_samples` training images."""
+    """The recipe: SGD momentum 0.9, lr 0.1 (cosine), weight decay 1e-4, batch 128.
+
+    GMP from 10% to 60% of training every `frequency` steps, global over every convolution but
+    the stem (which stays dense with the classifier, as Gale et al. do); lottery rewinds to
+    `rewind_fraction` of training; curves trained `curve_epochs` epochs at the same lr; paths
+    evaluated on `eval_train` training and `eval_test` test images with BatchNorm statistics
+    recomputed from `bn_samples` training images."""
 
     dataset: str = "cifar10"
     width: float = 1.0
@@ -304,11 +305,11 @@ def _report(r: dict[str, Any], verdicts, fw: Firewall) -> str:
         f"{s['batch_size']}, {s['epochs']} epochs ({r['total_steps']} steps) on {r['device']}. "
         f"Pruned: GMP (cubic) from {s['begin']:.0%} to {s['end']:.0%} of training every "
         f"{s['frequency']} steps, global over all convolutions but the stem (the stem and the "
-        f"classifier stay dense, as in Gale et al.); scratch retrains the mask from a new init, lottery from the "
-        f"weights at step {r['rewind_step']} (rewinding). BatchNorm is never pruned; its "
-        f"statistics are recomputed from {s['bn_samples']} training images at every point of "
-        f"every path; paths are evaluated on {s['eval_train']} training and {s['eval_test']} "
-        "test images.",
+        f"classifier stay dense, as in Gale et al.); scratch retrains the mask from a new init, "
+        f"lottery from the weights at step {r['rewind_step']} (rewinding). BatchNorm is never "
+        f"pruned; its statistics are recomputed from {s['bn_samples']} training images at "
+        f"every point of every path; paths are evaluated on {s['eval_train']} training and "
+        f"{s['eval_test']} test images.",
         "",
         "## Claims",
         "",
