@@ -77,10 +77,16 @@ class _Batches:
 
 class _SeededFetch(TorchDataset):
     """Fetches the samples of a batch with the torch RNG seeded per sample (`sample_seed`),
-    restoring the process's RNG state afterwards."""
+    restoring the process's RNG state afterwards. A dataset with its own batched
+    `__getitems__` (not a Subset, whose `__getitems__` only forwards) gets the whole batch in
+    one call, the RNG seeded from its first sample: the draws then also depend on how the
+    samples were batched."""
 
     def __init__(self, dataset: TorchDataset):
         self.dataset = dataset
+        batched = getattr(dataset, "__getitems__", None)
+        self._batched = batched if callable(batched) and not isinstance(dataset, Subset) \
+            else None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -88,13 +94,21 @@ class _SeededFetch(TorchDataset):
     def __getitem__(self, index: int) -> Any:
         return self.dataset[index]
 
+    def _fetch(self, indices: list[int]) -> list[Any]:
+        if self._batched is not None:
+            return self._batched(indices)
+        return [self.dataset[i] for i in indices]
+
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         seed = getattr(indices, "seed", None)
         if seed is None:
-            return [self.dataset[i] for i in indices]
+            return self._fetch(list(indices))
         gen = torch.default_generator
         state = gen.get_state()
         try:
+            if self._batched is not None:
+                gen.manual_seed(sample_seed(seed, indices[0]))
+                return self._batched(list(indices))
             out = []
             for i in indices:
                 gen.manual_seed(sample_seed(seed, i))
