@@ -164,6 +164,9 @@ def test_augmentation_is_a_function_of_seed_epoch_and_sample_whatever_the_worker
         runs[workers] = [torch.cat([b[0] for b in src.train_batches(e, 5, seed=2)])
                          for e in (1, 2)]
         assert torch.equal(state, torch.get_rng_state())  # the process RNG is left alone
+        # evaluating on the training split reads train_eval, never the augmented set
+        assert torch.equal(torch.cat([b[0] for b in src.eval_batches("train", 5)]),
+                           data.x_train)
         src.close()
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
     order1, order2 = epoch_order(24, 2, 1), epoch_order(24, 2, 2)

@@ -273,7 +273,7 @@ class StreamingSource(DataSource):
                 set_epoch(epoch)
             return _iterate(self.train)
         order = shard(epoch_order(self._n_train, seed, epoch), rank, world)
-        loader, sampler = self._loader("train", self.train, batch_size)
+        loader, sampler = self._loader("fit", self.train, batch_size)
         sampler.set(order, batch_size, derive_seed(seed, epoch, "augment"))
         return _iterate(loader)
 
@@ -284,7 +284,7 @@ class StreamingSource(DataSource):
         data = self._split_data(split)
         if isinstance(data, DataLoader):
             return _iterate(data)
-        loader, sampler = self._loader(split, data, batch_size)
+        loader, sampler = self._loader(f"eval-{split}", data, batch_size)
         sampler.set(torch.arange(_length(data, split)), batch_size, None)
         return _iterate(loader)
 
