@@ -12,7 +12,11 @@ once, the order alternating; the medians are compared:
     streamed (W workers) / in-memory    target <= 1.15   (each form)
 
 A per-sample stream with no workers (everything in the training process) is timed as a
-reference.
+reference, and so is the batched stream with its workers forked under torch's "file_system"
+sharing strategy (skip with --no-file-system): the default strategy passes each batch
+tensor's file descriptor over a fresh socket connection, which costs the training process CPU
+per batch. The training process's own CPU time is recorded too: with workers it shows how much
+of the loading left the training process; what the wall time adds is waiting for workers.
 
 Run: .venv/bin/python benchmarks/streaming_vs_memory.py [--rounds 7] [--workers 2]
 Writes benchmarks/results/streaming_vs_memory.json.
@@ -75,16 +79,18 @@ def make_data(n_train: int, n_test: int, seed: int):
     return memory, streams
 
 
-def epoch(model: nn.Module, data: Any, seed: int) -> tuple[float, nn.Module]:
+def epoch(model: nn.Module, data: Any, seed: int) -> tuple[float, float, nn.Module]:
+    """(wall seconds, this process's CPU seconds, trained model) of one Trainer epoch."""
     cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=LR, momentum=MOMENTUM, seed=seed,
                       eval_train=False)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     trainer = Trainer(model, data, cfg, progress=False)
     trainer.fit()
-    return time.perf_counter() - start, trainer.model
+    return time.perf_counter() - start, time.process_time() - start_cpu, trainer.model
 
 
-def run(rounds: int, n_train: int, n_test: int, workers: int, seed: int) -> dict[str, Any]:
+def run(rounds: int, n_train: int, n_test: int, workers: int, seed: int,
+        file_system: bool = True) -> dict[str, Any]:
     preload_optimizers()
     memory, streams = make_data(n_train, n_test, seed)
     sources = {
@@ -93,18 +99,29 @@ def run(rounds: int, n_train: int, n_test: int, workers: int, seed: int) -> dict
         f"batched_{workers}_workers": stream(*streams["batched"], workers=workers),
         "per_sample_0_workers": stream(*streams["per_sample"], workers=0),
     }
+    strategy = {}  # sharing strategy the variant's (persistent) workers are forked under
+    if file_system:
+        name = f"batched_{workers}_workers_file_system"
+        sources[name] = stream(*streams["batched"], workers=workers)
+        strategy[name] = "file_system"
     torch.manual_seed(seed)
     init = build_model("lenet-300-100", (1, 28, 28), 10)
     finals = {}
+    default = torch.multiprocessing.get_sharing_strategy()
     for name, data in sources.items():  # warm-up (starts the persistent workers) + check
-        finals[name] = epoch(copy.deepcopy(init), data, seed)[1].state_dict()
+        torch.multiprocessing.set_sharing_strategy(strategy.get(name, default))
+        finals[name] = epoch(copy.deepcopy(init), data, seed)[2].state_dict()
+    torch.multiprocessing.set_sharing_strategy(default)
     same = all(all(torch.equal(finals["in_memory"][k], f[k]) for k in f)
                for f in finals.values())
     names = list(sources)
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
-            times[name].append(epoch(copy.deepcopy(init), sources[name], seed)[0])
+            wall, used, _ = epoch(copy.deepcopy(init), sources[name], seed)
+            times[name].append(wall)
+            cpu[name].append(used)
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.3f} s"
                                                      for n in names), flush=True)
     med = {k: median(v) for k, v in times.items()}
@@ -120,9 +137,12 @@ def run(rounds: int, n_train: int, n_test: int, workers: int, seed: int) -> dict
                   "streamed_dataset": "uint8 (1, 28, 28) images normalised per __getitem__ "
                                       "(per_sample) or per __getitems__ batch (batched)"},
         "epoch_seconds": times, "median_epoch_seconds": med,
+        "trainer_process_cpu_seconds": cpu,
+        "median_trainer_process_cpu_seconds": {k: median(v) for k, v in cpu.items()},
         "ratio_over_in_memory": ratios, "paired_ratio_over_in_memory": paired,
         "target_max": TARGET,
-        "pass": {k: ratios[k] <= TARGET for k in names[1:] if not k.endswith("_0_workers")},
+        "pass": {k: ratios[k] <= TARGET for k in names[1:]
+                 if not k.endswith(("_0_workers", "_file_system"))},
         "same_weights_all_paths": same,
     }
 
@@ -135,11 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the trainer (1)")
+    ap.add_argument("--no-file-system", dest="file_system", action="store_false",
+                    help="skip the file_system sharing-strategy reference variant")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = run(args.rounds, args.n_train, args.n_test, args.workers, args.seed)
+    res = run(args.rounds, args.n_train, args.n_test, args.workers, args.seed,
+              args.file_system)
     med = res["median_epoch_seconds"]
     print("median epoch: " + ", ".join(f"{k} {v:.3f} s" for k, v in med.items()))
+    print("median CPU seconds of the training process: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in res["median_trainer_process_cpu_seconds"].items()))
     for k, ratio in res["ratio_over_in_memory"].items():
         ok = res["pass"].get(k)
         print(f"{k} / in_memory = {ratio:.3f} (paired "

@@ -10,6 +10,11 @@ rounds (order alternating) and the median of each is compared:
 
     trainer / bare    target <= 1.05
 
+Both wall time and the process's CPU time are recorded. With one torch thread the CPU time is
+the work itself, while wall time also counts the time other programs on a shared machine took
+the core away; the verdict uses CPU time when the wall times are visibly disturbed, and both
+are printed.
+
 Their final weights are also compared (the Trainer's epoch is the bare loop's, step for step).
 
 Run: .venv/bin/python benchmarks/trainer_vs_bare_loop.py [--rounds 9] [--n-train 60000]
@@ -46,9 +51,19 @@ def make_data(n_train: int, n_test: int, seed: int) -> Dataset:
     return Dataset("synthetic-mnist", x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
 
 
-def bare_epoch(model: nn.Module, data: Dataset, seed: int) -> float:
-    """One epoch as a researcher would write it, plus a test-set evaluation; seconds."""
-    start = time.perf_counter()
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
+def bare_epoch(model: nn.Module, data: Dataset, seed: int) -> tuple[float, float]:
+    """One epoch as a researcher would write it, plus a test-set evaluation; (wall, CPU)
+    seconds."""
+    start = _clock()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     x, y = data.x_train, data.y_train
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -69,15 +84,15 @@ def bare_epoch(model: nn.Module, data: Dataset, seed: int) -> float:
         for i in range(0, data.n_test, 2048):
             out = model(data.x_test[i : i + 2048])
             correct += int((out.argmax(1) == data.y_test[i : i + 2048]).sum())
-    return time.perf_counter() - start
+    return _since(start)
 
 
-def trainer_epoch(model: nn.Module, data: Dataset, seed: int) -> float:
-    start = time.perf_counter()
+def trainer_epoch(model: nn.Module, data: Dataset, seed: int) -> tuple[float, float]:
+    start = _clock()
     cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=LR, momentum=MOMENTUM, seed=seed,
                       eval_train=False)
     Trainer(model, data, cfg, progress=False).fit()
-    return time.perf_counter() - start
+    return _since(start)
 
 
 def run(rounds: int, n_train: int, n_test: int, seed: int) -> dict[str, Any]:
@@ -92,15 +107,25 @@ def run(rounds: int, n_train: int, n_test: int, seed: int) -> dict[str, Any]:
     same = all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
                                                  b.state_dict().values()))
     times: dict[str, list[float]] = {"bare": [], "trainer": []}
+    cpu: dict[str, list[float]] = {"bare": [], "trainer": []}
     ways = {"bare": bare_epoch, "trainer": trainer_epoch}
     for r in range(rounds):
         for name in (("bare", "trainer") if r % 2 == 0 else ("trainer", "bare")):
-            times[name].append(ways[name](copy.deepcopy(init), data, seed))
-        print(f"round {r + 1}/{rounds}: bare {times['bare'][-1]:.3f} s, trainer "
-              f"{times['trainer'][-1]:.3f} s", flush=True)
+            wall, used = ways[name](copy.deepcopy(init), data, seed)
+            times[name].append(wall)
+            cpu[name].append(used)
+        print(f"round {r + 1}/{rounds}: bare {times['bare'][-1]:.3f} s ({cpu['bare'][-1]:.3f} "
+              f"CPU), trainer {times['trainer'][-1]:.3f} s ({cpu['trainer'][-1]:.3f} CPU)",
+              flush=True)
     med = {k: median(v) for k, v in times.items()}
+    med_cpu = {k: median(v) for k, v in cpu.items()}
     paired = median([t / b for t, b in zip(times["trainer"], times["bare"])])
     ratio = med["trainer"] / med["bare"]
+    ratio_cpu = med_cpu["trainer"] / med_cpu["bare"]
+    # wall clock disturbed: the process got well under a core for its runs
+    disturbed = median([c / w for c, w in zip(cpu["bare"] + cpu["trainer"],
+                                              times["bare"] + times["trainer"])]) < 0.9
+    judged = ratio_cpu if disturbed else ratio
     return {
         "benchmark": NAME,
         "command": " ".join(["python benchmarks/trainer_vs_bare_loop.py", *sys.argv[1:]]),
@@ -109,8 +134,11 @@ def run(rounds: int, n_train: int, n_test: int, seed: int) -> dict[str, Any]:
                   "batch_size": BATCH, "optimizer": f"SGD lr {LR} momentum {MOMENTUM}",
                   "rounds": rounds, "seed": seed},
         "epoch_seconds": times, "median_epoch_seconds": med,
+        "epoch_cpu_seconds": cpu, "median_epoch_cpu_seconds": med_cpu,
         "ratio_trainer_over_bare": ratio, "paired_ratio_trainer_over_bare": paired,
-        "target_max": TARGET, "pass": ratio <= TARGET, "same_weights_after_one_epoch": same,
+        "cpu_ratio_trainer_over_bare": ratio_cpu, "wall_clock_disturbed": disturbed,
+        "judged_on": "cpu" if disturbed else "wall", "target_max": TARGET,
+        "pass": judged <= TARGET, "same_weights_after_one_epoch": same,
     }
 
 
@@ -124,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     res = run(args.rounds, args.n_train, args.n_test, args.seed)
-    med = res["median_epoch_seconds"]
-    print(f"median epoch: bare {med['bare']:.3f} s, trainer {med['trainer']:.3f} s")
-    print(f"trainer / bare = {res['ratio_trainer_over_bare']:.3f} (paired "
-          f"{res['paired_ratio_trainer_over_bare']:.3f})  target <= {TARGET}  "
-          f"{verdict(res['pass'])}")
+    med, cpu = res["median_epoch_seconds"], res["median_epoch_cpu_seconds"]
+    print(f"median epoch: bare {med['bare']:.3f} s ({cpu['bare']:.3f} CPU), trainer "
+          f"{med['trainer']:.3f} s ({cpu['trainer']:.3f} CPU)")
+    print(f"trainer / bare = {res['ratio_trainer_over_bare']:.3f} wall (paired "
+          f"{res['paired_ratio_trainer_over_bare']:.3f}), "
+          f"{res['cpu_ratio_trainer_over_bare']:.3f} CPU; judged on {res['judged_on']}"
+          f"{' (wall clock disturbed by other load)' if res['wall_clock_disturbed'] else ''}"
+          f"  target <= {TARGET}  {verdict(res['pass'])}")
     print(f"same weights after one epoch both ways: {res['same_weights_after_one_epoch']}")
     print(f"wrote {write_results(NAME, res)}")
     return 0
