@@ -36,7 +36,7 @@ PIXELS = 3 * 32 * 32
 NORMALIZE_CHOICES = ("standard", "unit")
 _URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
-# name -> (folder, training files, test file, meta file, label key, meta key, classes)
+# per set: folder and archive names, training and test files, meta file, label and name keys
 _SETS: dict[str, dict[str, Any]] = {
     "cifar10": {"folder": "cifar-10-batches-py", "archive": "cifar-10-python.tar.gz",
                 "train": [f"data_batch_{i}" for i in range(1, 6)], "test": "test_batch",
