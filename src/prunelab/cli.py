@@ -46,6 +46,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-steps", type=_int_list, metavar="K[,K...]",
                    help="also save the weights after these steps (for rewind:Kit)")
     g.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--precision", help="fp32 (default), bf16 (autocast; CPU or GPU) or fp16 "
+                   "(autocast with loss scaling; CUDA only)")
+    g.add_argument("--channels-last", action="store_const", const=True, default=None,
+                   help="NHWC memory format for conv weights and inputs (GPU convs)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -61,7 +65,7 @@ def _int_list(text: str) -> list[int]:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("epochs", "steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-            "lr_schedule", "seed", "device", "checkpoint_steps")
+            "lr_schedule", "seed", "device", "checkpoint_steps", "precision", "channels_last")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -170,7 +174,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.action == "list":
         for name in DATASETS:
             kind = "built-in" if name in BUILT_IN else "data directory"
-            print(f"{name:15s} {kind:15s} options: {', '.join(dataset_options(name))}")
+            print(f"{name:16s} {kind:15s} options: {', '.join(dataset_options(name))}")
+        print(f"{'imagefolder:PATH':16s} {'class folders':15s} options: "
+              f"{', '.join(dataset_options('imagefolder'))}")
         print("or a path to an .arff, .csv or libsvm file")
         return 0
     if not args.name:
@@ -259,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="list, download or describe datasets")
     p.add_argument("action", choices=["list", "download", "info"])
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="a dataset name or imagefolder:PATH")
     p.add_argument("--data-dir")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
                    help="info: dataset options, e.g. --data-option validation=0.1")

@@ -17,11 +17,17 @@ from prunelab.typecheck import check_fields
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step", "multistep")
+PRECISIONS = ("fp32", "bf16", "fp16")
+# Fields added after runs were named: left out of the hash at their default, so a config that
+# does not use them keeps the run name (and sweep cell) it had before they existed.
+_HASHED_UNLESS_DEFAULT = {"precision": "fp32"}
 
 
 @dataclass
 class TrainConfig:
-    """How to train: optimiser, learning rate schedule, length, batching, seed and device."""
+    """How to train: optimiser, learning rate schedule, length, batching, seed, device and
+    numeric precision (fp32; bf16 or fp16 autocast, fp16 with a loss scaler and on CUDA only).
+    `channels_last` stores conv weights and inputs NHWC (faster convs on GPUs)."""
 
     epochs: int = 10
     steps: int | None = None  # if set, overrides epochs (training stops after this many steps)
@@ -41,6 +47,8 @@ class TrainConfig:
     eval_batch_size: int = 2048
     checkpoint_steps: list[int] = field(default_factory=list)
     checkpoint_epochs: bool = True
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    channels_last: bool = False
 
     def validate(self) -> TrainConfig:
         check_fields(TrainConfig, {f.name: getattr(self, f.name)
@@ -60,6 +68,11 @@ class TrainConfig:
                               f"'{self.lr_schedule}'")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu, cuda, cuda:N or auto; got '{self.device}'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got "
+                              f"'{self.precision}'")
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(f"channels_last must be true or false; got {self.channels_last!r}")
         return self
 
 
@@ -80,10 +93,15 @@ class RunConfig:
         return asdict(self)
 
     def config_hash(self) -> str:
-        """Short hash of everything that changes the result (not the data directory)."""
+        """Short hash of everything that changes the result (not the data directory, nor the
+        device and memory layout the run happened to use)."""
         d = self.to_dict()
         d.pop("data_dir", None)
         d["train"].pop("device", None)
+        d["train"].pop("channels_last", None)
+        for key, default in _HASHED_UNLESS_DEFAULT.items():
+            if d["train"].get(key) == default:
+                d["train"].pop(key)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 

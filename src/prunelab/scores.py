@@ -33,6 +33,8 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn import functional as F
 
+from prunelab.data.source import DataSource
+from prunelab.data.source import batches as source_batches
 from prunelab.errors import ConfigError, UnknownNameError, check_range
 from prunelab.masks import prunable_parameters
 from prunelab.selection import select_masks
@@ -49,6 +51,8 @@ UNIT_SCORES = ("mrs", "norm", "removal", "oracle", "random")
 def _batches(batches: Batch | Iterable[Batch] | None) -> list[Batch]:
     if batches is None:
         return []
+    if isinstance(batches, DataSource):  # a source: its unaugmented training split (bounded)
+        return source_batches(batches)
     if isinstance(batches, tuple) and len(batches) == 2 and isinstance(batches[0], torch.Tensor):
         return [batches]
     out = list(batches)

@@ -2,16 +2,23 @@
 and the run directory (config.yaml, metrics.jsonl, weights, masks, sparsity.json, results.json).
 
 Determinism: one seed fixes the initialisation (set before the model is built by `run`), the
-data split (passed to the loader) and the batch order (a dedicated generator).
+data split (passed to the loader) and the batch order (`prunelab.data.epoch_order`, a pure
+function of (seed, epoch)).
+
+Data is any source (`prunelab.data.DataSource`): an in-memory `Dataset` is served from tensors
+moved to the device once (the fast path); a streaming source's batches are moved per step.
+Precision `bf16`/`fp16` runs the forward pass and loss under `torch.autocast` (weights, masks,
+gradients and optimizer state stay float32); `fp16` adds a GradScaler and needs CUDA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,8 @@ from torch.nn import functional as F
 
 from prunelab import atomic
 from prunelab.config import RunConfig, TrainConfig, save_config
-from prunelab.data import Dataset, load_dataset
+from prunelab.data import Dataset, DataSource, as_source, load_dataset
+from prunelab.data.source import Batch, EpochOrder, derive_seed, tensor_batches
 from prunelab.errors import ConfigError
 from prunelab.masks import apply_masks, save_masks, sparsity_report
 from prunelab.methods import PruningMethod, TrainContext, build_method
@@ -38,27 +46,56 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a precision ('fp32': none) on a device; fp16 needs CUDA."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device (its loss scaling is for GPUs); "
+                          "use --precision bf16 on the CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _eval_batches(x: Any, y: torch.Tensor | None, batch_size: int, split: str
+                  ) -> Iterable[Batch]:
+    if isinstance(x, torch.Tensor):
+        if y is None:
+            raise ConfigError("evaluate(model, x, y): labels y are missing")
+        return ((x[i : i + batch_size], y[i : i + batch_size])
+                for i in range(0, x.shape[0], batch_size))
+    return as_source(x).eval_batches(split, batch_size)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | DataSource,
+    y: torch.Tensor | None = None,
     batch_size: int = 2048,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    split: str = "test",
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Mean loss and accuracy of `model` on (x, y), in eval mode, model mode restored after."""
+    """Mean loss and accuracy of `model` on tensors (x, y) or on a data source's `split`
+    ("train" unaugmented, or "test"), in eval mode, model mode restored after."""
     loss_fn = loss_fn or F.cross_entropy
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total_loss, correct = 0.0, 0
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        out = model(xb)
-        total_loss += float(loss_fn(out, yb)) * xb.shape[0]
+    cast = autocast(device, precision)
+    total_loss, correct, n = 0.0, 0, 0
+    for xb, yb in _eval_batches(x, y, batch_size, split):
+        xb, yb = xb.to(device), yb.to(device)
+        with cast:
+            out = model(xb)
+            loss = loss_fn(out, yb)
+        total_loss += float(loss) * xb.shape[0]
         correct += int((out.argmax(dim=1) == yb).sum())
+        n += xb.shape[0]
     model.train(was_training)
-    n = max(x.shape[0], 1)
+    n = max(n, 1)
     return {"loss": total_loss / n, "accuracy": correct / n}
 
 
@@ -117,15 +154,17 @@ class TrainResult:
 class Trainer:
     """Trains `model` on `data` with `method` hooked in.
 
-    Works on any nn.Module classifier (logits out) and any Dataset; `loss_fn` defaults to
-    cross-entropy. With `out_dir`, writes metrics.jsonl, checkpoints, weights.pt, masks.pt and
-    sparsity.json there as training goes.
+    Works on any nn.Module classifier (logits out) and any data source: an in-memory
+    `Dataset`, a `StreamingSource` (`prunelab.data.stream(train, test)`), or a (train, test)
+    pair of torch Datasets/DataLoaders; `loss_fn` defaults to cross-entropy. With `out_dir`,
+    writes metrics.jsonl, checkpoints, weights.pt, masks.pt and sparsity.json there as
+    training goes.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        data: Dataset,
+        data: DataSource | Any,
         config: TrainConfig | None = None,
         method: PruningMethod | None = None,
         *,
@@ -136,22 +175,48 @@ class Trainer:
     ):
         self.config = (config or TrainConfig()).validate()
         self.device = resolve_device(self.config.device)
-        self.model = model.to(self.device)
-        self.data = data
+        self.data = as_source(data)
         self.method = method or PruningMethod()
+        autocast(self.device, self.config.precision)  # refuses fp16 off CUDA, before any work
+        if self.config.precision == "fp16" and not getattr(self.method, "loss_scaling_ok", True):
+            raise ConfigError(f"method '{self.method.name}' reads gradients outside the "
+                              "optimizer, which fp16 loss scaling would distort; use --precision "
+                              "bf16 or fp32")
+        if self.config.channels_last:
+            self.model = model.to(self.device, memory_format=torch.channels_last)
+        else:
+            self.model = model.to(self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.loss_fn = loss_fn or F.cross_entropy
         self.log = log
 
+    def _feed(self) -> Callable[[int], Iterator[Batch]]:
+        """epoch -> that epoch's training batches on the device. An in-memory Dataset is moved
+        to the device once and gathered there; a streaming source's batches are moved one by
+        one (asynchronously from pinned memory on CUDA)."""
+        data, cfg, device = self.data, self.config, self.device
+        if isinstance(data, Dataset):
+            x, y = data.x_train.to(device), data.y_train.to(device)
+            order_of = EpochOrder(data.n_train, cfg.seed)
+
+            def in_memory(epoch: int) -> Iterator[Batch]:
+                return tensor_batches(x, y, order_of(epoch).to(device), cfg.batch_size,
+                                      data.augment, derive_seed(cfg.seed, epoch, "augment"))
+            return in_memory
+        non_blocking = device.type == "cuda"
+
+        def streamed(epoch: int) -> Iterator[Batch]:
+            for xb, yb in data.train_batches(epoch, cfg.batch_size, cfg.seed):
+                yield xb.to(device, non_blocking=non_blocking), \
+                    yb.to(device, non_blocking=non_blocking)
+        return streamed
+
     def fit(self) -> TrainResult:
         cfg = self.config
         data = self.data
         model = self.model
-        x_train = data.x_train.to(self.device)
-        y_train = data.y_train.to(self.device)
-        n = x_train.shape[0]
-        steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+        steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
         total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
         epochs = math.ceil(total_steps / steps_per_epoch)
         optimizer = make_optimizer(model, cfg)
@@ -159,7 +224,10 @@ class Trainer:
                            data)
         initial_state = _snapshot(model)
         self.method.attach(ctx)
-        generator = torch.Generator().manual_seed(cfg.seed)
+        feed = self._feed()
+        cast = autocast(self.device, cfg.precision)
+        scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        channels_last = cfg.channels_last
         checkpoints: dict[str, dict[str, torch.Tensor]] = {"step0": initial_state}
         wanted_steps = set(cfg.checkpoint_steps)
         if self.out_dir is not None:
@@ -177,23 +245,24 @@ class Trainer:
         # The method may replace ctx.model / ctx.optimizer (e.g. after physically removing
         # units), so both are read back from the context after every hook.
         for epoch in range(1, epochs + 1):
-            order = torch.randperm(n, generator=generator).to(self.device)
             running, seen = torch.zeros((), device=self.device), 0
-            for b in range(steps_per_epoch):
-                if step >= total_steps:
-                    break
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                # index_select copies whole rows: the same batch as x_train[idx], ~3x faster
-                # on the CPU (MNIST-sized, batch 100: 36 vs 121 us, benchmarks/batch_gather.py)
-                xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
+            for xb, yb in feed(epoch):
+                if channels_last and xb.dim() == 4:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
-                loss = self.method.batch_loss(model, xb, yb, self.loss_fn)
+                with cast:
+                    loss = self.method.batch_loss(model, xb, yb, self.loss_fn)
                 penalty = self.method.penalty(model)
                 total = loss if penalty is None else loss + penalty
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
+                if scaler is None:
+                    total.backward()
+                    optimizer.step()
+                else:  # fp16: scaled loss; step skipped (weights untouched) on inf/nan grads
+                    scaler.scale(total).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 step += 1
                 self.method.after_step(step)
                 model = self.model = ctx.model
@@ -204,6 +273,8 @@ class Trainer:
                     checkpoints[f"step{step}"] = _snapshot(model)
                 if bar is not None:
                     bar.update(1)
+                if step >= total_steps:
+                    break
             self.method.after_epoch(epoch)
             model = self.model = ctx.model
             optimizer = ctx.optimizer
@@ -242,12 +313,13 @@ class Trainer:
 
     def _epoch_metrics(self, epoch: int, step: int, train_loss: float, seconds: float) -> dict:
         row: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": train_loss}
-        if self.config.eval_train:
-            ev = evaluate(self.model, self.data.x_train, self.data.y_train,
-                          self.config.eval_batch_size, self.loss_fn)
+        cfg = self.config
+        if cfg.eval_train:
+            ev = evaluate(self.model, self.data, None, cfg.eval_batch_size, self.loss_fn,
+                          split="train", precision=cfg.precision)
             row["train_eval_loss"], row["train_accuracy"] = ev["loss"], ev["accuracy"]
-        ev = evaluate(self.model, self.data.x_test, self.data.y_test,
-                      self.config.eval_batch_size, self.loss_fn)
+        ev = evaluate(self.model, self.data, None, cfg.eval_batch_size, self.loss_fn,
+                      split="test", precision=cfg.precision)
         row["test_loss"], row["test_accuracy"] = ev["loss"], ev["accuracy"]
         row.update(self.method.metrics())
         row["seconds"] = seconds
@@ -283,15 +355,16 @@ def init_seed(cfg: RunConfig) -> int:
     return cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
 
 
-def load_data(cfg: RunConfig) -> Dataset:
-    """The dataset of a run config (its seed fixes the split)."""
+def load_data(cfg: RunConfig) -> DataSource:
+    """The data source of a run config (its seed fixes the split)."""
     return load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.train.seed,
                         **cfg.data_options)
 
 
-def prepare(cfg: RunConfig, data: Dataset | None = None, method: PruningMethod | None = None,
+def prepare(cfg: RunConfig, data: DataSource | None = None,
+            method: PruningMethod | None = None,
             architecture: list[dict[str, Any]] | None = None
-            ) -> tuple[Dataset, nn.Module, PruningMethod]:
+            ) -> tuple[DataSource, nn.Module, PruningMethod]:
     """Load the data and build the method (unless given) and the model (seeded init) for a
     run config; `architecture` (`prunelab.shrink.architecture`) builds that chain in place of
     the config's model."""
@@ -313,7 +386,7 @@ def run(
     out_dir: str | Path | None = None,
     *,
     progress: bool | None = None,
-    data: Dataset | None = None,
+    data: DataSource | None = None,
     method: PruningMethod | None = None,
     initial_state: dict[str, torch.Tensor] | None = None,
     extra_results: dict[str, Any] | None = None,

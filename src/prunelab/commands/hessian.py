@@ -106,7 +106,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     import torch
 
     from prunelab import atomic
-    from prunelab.data import load_dataset
+    from prunelab.data import load_dataset, sample, split_tensors
     from prunelab.errors import ConfigError, MaskError, check_range
     from prunelab.landscape.hessian import SUBSPACES, HessianOperator
     from prunelab.report import text_table
@@ -130,15 +130,19 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     cfg = run.config
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.train.seed,
                         **cfg.data_options)
+    summary = data.summary()
     if args.samples is not None:
         check_range("--samples", args.samples, 1, data.n_train)
-        data = data.subset_train(args.samples, seed=args.seed)
+        x, y = sample(data, args.samples, seed=args.seed)
+        summary.update(n_train=args.samples, n_train_subset=args.samples)
+    else:
+        x, y = split_tensors(data, "train")
     params = None if args.checkpoint == "final" else run.state(args.checkpoint)
     model = run.model.eval()
     if params is not None:
         names = dict(model.named_parameters())
         params = {n: params[n] for n in names if n in params}
-    op = HessianOperator(model, data.x_train, data.y_train, params=params, masks=run.masks,
+    op = HessianOperator(model, x, y, params=params, masks=run.masks,
                          subspace=args.subspace, dtype="float64" if args.float64 else None,
                          batch_size=args.batch_size)
     top_k = args.top_k
@@ -151,7 +155,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     grad = op.gradient().to(torch.float64)
     results: dict[str, Any] = {
         "run": str(run.path), "checkpoint": args.checkpoint, **op.describe(),
-        "dataset": data.summary(), "loss": op.loss(), "grad_norm": float(grad.norm()),
+        "dataset": summary, "loss": op.loss(), "grad_norm": float(grad.norm()),
     }
     parts = {"H": _analyse(op, args, top_k)}
     if args.gauss_newton:

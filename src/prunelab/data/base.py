@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,15 +13,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunelab.data.source import (
+    Augment,
+    Batch,
+    DataSource,
+    check_split,
+    derive_seed,
+    epoch_order,
+    shard,
+    tensor_batches,
+)
 from prunelab.errors import ConfigError, DataError
 
 
 @dataclass
-class Dataset:
-    """Train/test tensors plus what a researcher needs to know about the columns.
+class Dataset(DataSource):
+    """Train/test tensors plus what a researcher needs to know about the columns: the
+    in-memory data source, and the fast path of the Trainer.
 
     `x_*` are float32 with shape (n, *input_shape); `y_*` are int64 class indices.
     `relevant_features` lists the column indices known to carry the signal (None if unknown).
+    `augment` (e.g. `CropFlip`) is applied to each training batch, never to evaluation.
     """
 
     name: str
@@ -33,6 +46,7 @@ class Dataset:
     relevant_features: list[int] | None = None
     class_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    augment: Augment | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -58,6 +72,26 @@ class Dataset:
             **{k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, bool, list))},
         }
 
+    def train_batches(self, epoch: int, batch_size: int, seed: int = 0, *, rank: int = 0,
+                      world: int = 1) -> Iterator[Batch]:
+        """Training batches of epoch `epoch` (from 1) in `epoch_order(n_train, seed, epoch)`,
+        augmented (when `augment` is set) with a generator seeded by (seed, epoch)."""
+        order = shard(epoch_order(self.n_train, seed, epoch), rank, world)
+        return tensor_batches(self.x_train, self.y_train, order, batch_size, self.augment,
+                              derive_seed(seed, epoch, "augment"))
+
+    def eval_batches(self, split: str = "test", batch_size: int = 2048) -> Iterator[Batch]:
+        """Consecutive slices of a split ("train" is never augmented)."""
+        x, y = (self.x_train, self.y_train) if check_split(split) == "train" else \
+            (self.x_test, self.y_test)
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+
+    def take(self, indices: torch.Tensor, split: str = "train") -> Batch:
+        x, y = (self.x_train, self.y_train) if check_split(split) == "train" else \
+            (self.x_test, self.y_test)
+        return x[indices], y[indices]
+
     def subset_train(self, n: int, seed: int = 0) -> Dataset:
         """A copy whose training set is a seeded random subset of size n (test set kept)."""
         if not 0 < n <= self.n_train:
@@ -67,7 +101,7 @@ class Dataset:
         return Dataset(
             self.name, self.x_train[idx], self.y_train[idx], self.x_test, self.y_test,
             self.num_classes, self.feature_names, self.relevant_features, self.class_names,
-            dict(self.meta, n_train_subset=n),
+            dict(self.meta, n_train_subset=n), self.augment,
         )
 
     def holdout_validation(self, fraction: float, seed: int = 0) -> Dataset:
@@ -86,7 +120,7 @@ class Dataset:
             self.x_train[held], self.y_train[held], self.num_classes, self.feature_names,
             self.relevant_features, self.class_names,
             dict(self.meta, evaluation="validation", validation_fraction=fraction,
-                 validation_seed=seed),
+                 validation_seed=seed), self.augment,
         )
 
 

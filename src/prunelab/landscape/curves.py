@@ -27,7 +27,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from prunelab import atomic
-from prunelab.data import Dataset
+from prunelab.data import DataSource, split_tensors
 from prunelab.errors import ConfigError, DataError, MaskError, check_range
 from prunelab.landscape.paths import (
     DataLike,
@@ -256,13 +256,14 @@ class BezierCurve(nn.Module):
 
 
 def _train_tensors(data: DataLike | tuple[torch.Tensor, torch.Tensor]):
-    if isinstance(data, Dataset):
-        return data.x_train, data.y_train
+    if isinstance(data, DataSource):  # a streamed training split is held in memory, bounded
+        return split_tensors(data, "train")
     if isinstance(data, tuple) and len(data) == 2:
         return data
     if isinstance(data, Mapping) and "train" in data:
         return data["train"]
-    raise ConfigError("curve training needs a Dataset, (x, y) or a mapping with a 'train' split")
+    raise ConfigError("curve training needs a data source, (x, y) or a mapping with a 'train' "
+                      "split")
 
 
 def train_curve(

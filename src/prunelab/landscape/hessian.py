@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn import functional as F
 
+from prunelab.data.source import DataSource, split_tensors
 from prunelab.errors import ConfigError, MaskError
 
 KINDS = ("hessian", "gauss-newton", "residual")
@@ -88,6 +89,8 @@ class HessianOperator:
         dtype: torch.dtype | str | None = None,
         batch_size: int | None = None,
     ):
+        if isinstance(x, DataSource):  # a source: its training split, held in memory (bounded)
+            x, y = split_tensors(x, "train")
         if subspace not in SUBSPACES:
             raise ConfigError(f"subspace must be one of {', '.join(SUBSPACES)}; got '{subspace}'")
         if kind not in KINDS:

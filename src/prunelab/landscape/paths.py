@@ -29,14 +29,14 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
-from prunelab.data import Dataset
+from prunelab.data import DataSource, split_tensors
 from prunelab.errors import ConfigError, check_range
 from prunelab.masks import Masks, masks_from_weights
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EndpointLike = Mapping[str, torch.Tensor] | str | Path | nn.Module
-DataLike = Dataset | Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+DataLike = DataSource | Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
 BN_POLICIES = ("keep", "recompute")
 DEFAULT_POINTS = 29
@@ -233,12 +233,12 @@ class PathResult:
 
 def _split_data(data: DataLike,
                 splits: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(data, Dataset):
-        table = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}
+    if isinstance(data, DataSource):  # held in memory: a streamed split only when asked for
+        table = {s: split_tensors(data, s) if s in splits else None for s in ("train", "test")}
     elif isinstance(data, Mapping):
         table = dict(data)
     else:
-        raise ConfigError("data must be a Dataset or a mapping split -> (x, y)")
+        raise ConfigError("data must be a data source (Dataset) or a mapping split -> (x, y)")
     unknown = [s for s in splits if s not in table]
     if unknown:
         raise ConfigError(f"split '{unknown[0]}' is not in the data; valid: {', '.join(table)}")
@@ -331,9 +331,9 @@ class PathEvaluator:
         table = _split_data(data, splits)
         if self.has_bn and self.bn == "recompute":
             if bn_data is None:
-                if "train" not in table and not isinstance(data, Dataset):
+                if "train" not in table and not isinstance(data, DataSource):
                     raise ConfigError("bn='recompute' needs training data (a 'train' split)")
-                bn_data = (data.x_train, data.y_train) if isinstance(data, Dataset) \
+                bn_data = split_tensors(data, "train") if isinstance(data, DataSource) \
                     else table["train"]
             return self._evaluate_recompute(coeffs, table, bn_data[0])
         chunks = [coeffs[i:i + self.points_per_batch]

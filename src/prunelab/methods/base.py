@@ -31,7 +31,7 @@ class TrainContext:
     total_steps: int
     epochs: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    data: Any = None  # the Dataset being trained on (for methods that score on data)
+    data: Any = None  # the data source trained on: ask it for batches (prunelab.data.sample)
 
 
 @dataclass
@@ -39,6 +39,9 @@ class PruningMethod:
     """Dense training: the method that does nothing. Subclasses override the hooks."""
 
     name = "dense"
+    # False for methods that read gradients outside the optimizer (backward hooks, gates
+    # updated after the step), which fp16's loss scaling would leave scaled: fp16 is refused.
+    loss_scaling_ok = True
 
     def attach(self, ctx: TrainContext) -> None:
         self.ctx = ctx

@@ -260,6 +260,7 @@ class BernoulliGating(PruningMethod):
     gamma_ramp: float = 0.25
 
     name = "bernoulli"
+    loss_scaling_ok = False  # gate gradients are read after the step, outside the optimizer
 
     def __post_init__(self) -> None:
         _choice("estimator", self.estimator, ESTIMATORS)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from prunelab import atomic
+from prunelab.data.source import sample
 from prunelab.errors import ConfigError, UnknownNameError, check_range
 from prunelab.masks import UnitMasks, unit_masks_to_weight_masks
 from prunelab.methods.base import MaskedMethod, TrainContext
@@ -123,6 +124,7 @@ class UnitPruning(MaskedMethod):
     data_in: Any = field(default=None, repr=False)
 
     name = "units"
+    loss_scaling_ok = False  # the MRS collector reads activation gradients in backward hooks
 
     def __post_init__(self) -> None:
         if self.count is not None:
@@ -205,9 +207,9 @@ class UnitPruning(MaskedMethod):
         model = self.ctx.model
         if self.score == "oracle":
             data = self._data()
-            sub = data.subset_train(min(self.score_samples, data.n_train), seed=self.seed)
+            x, y = sample(data, min(self.score_samples, data.n_train), seed=self.seed)
             dev = next(model.parameters()).device
-            batch = (sub.x_train.to(dev), sub.y_train.to(dev))
+            batch = (x.to(dev), y.to(dev))
             means = unit_means(model, batch)
             return unit_scores(model, batch, "oracle", means=means), means
         if not self.collector.ready:
