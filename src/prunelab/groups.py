@@ -35,7 +35,7 @@ refuse such a model with that line, the weight-mask methods never ask.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -676,13 +676,17 @@ def method_groups(model: nn.Module, example_input: torch.Tensor | None = None,
     return result.groups
 
 
-def check_group_masks(groups: Iterable[Group], masks: dict[str, torch.Tensor]) -> None:
-    """MaskError for unknown group names, wrong shapes or an emptied group."""
+def check_group_masks(groups: Iterable[Group], masks: Mapping[str, torch.Tensor],
+                      refused: Iterable[str] = ()) -> None:
+    """MaskError for unknown group names (with what the analysis did not follow, `refused`),
+    wrong shapes or an emptied group."""
     by_name = {g.name: g for g in groups}
     for name, m in masks.items():
         if name not in by_name:
+            why = list(refused)
             raise MaskError(f"channel mask for '{name}': no channel group by that name "
-                            f"(groups: {', '.join(by_name)})")
+                            f"(groups: {', '.join(by_name) or 'none'}"
+                            + (f"; not followed: {why[0]}" if why else "") + ")")
         g = by_name[name]
         if tuple(m.shape) != (g.size,) or m.dtype != torch.bool:
             raise MaskError(f"channel mask for '{name}' must be bool of shape ({g.size},), got "
