@@ -421,6 +421,28 @@ def fold_targets_missing(model: nn.Module, groups: Iterable[Group]) -> list[str]
     return list(dict.fromkeys(out))
 
 
+def remap_groups(model: nn.Module, groups: Iterable[Group], keep: GroupMasks) -> list[Group]:
+    """The groups of the network `shrink_groups(model, keep, groups=groups)` builds, without
+    tracing it again: each group restricted to its kept channels (same order), every index
+    renumbered among its module's kept rows or columns."""
+    groups = list(groups)
+    kept = plan(model, groups, keep)
+    out = []
+    for g in groups:
+        k = keep.get(g.name)
+        sel = None if k is None or bool(k.all()) else k.cpu()
+        members = []
+        for m in g.members:
+            idx = m.index if sel is None else m.index[sel]
+            kk = kept.get(m.module)
+            along = None if kk is None else (kk.cols if m.role in ("in", "map_in") else kk.rows)
+            if along is not None:
+                idx = torch.searchsorted(along, idx * m.per) // m.per
+            members.append(Member(m.module, m.role, idx, m.per, m.bn_after))
+        out.append(Group(g.name, members, g.zero_preserving))
+    return out
+
+
 def group_widths(groups: Iterable[Group]) -> dict[str, int]:
     """Channels per group, by group name."""
     return {g.name: g.size for g in groups}

@@ -467,12 +467,15 @@ def _graph_after_shrink(model: nn.Module, input_shape: Iterable[int] | None
     except PrunelabError:
         return None, None
     params = sum(q.numel() for q in small.parameters())
-    if input_shape is None:
-        return params, None
-    positions = _layer_geometry(small, tuple(input_shape))
-    flops = sum(2 * m.weight.numel() * positions[n] for n, m in small.named_modules()
-                if n in positions)
-    return params, flops
+    return params, None if input_shape is None else forward_flops(small, input_shape)
+
+
+def forward_flops(model: nn.Module, input_shape: Iterable[int]) -> int:
+    """Dense FLOPs per sample (2 x multiply-accumulates of every Linear/Conv layer, output
+    positions from one forward pass with hooks): the report's `flops_dense`, alone."""
+    positions = _layer_geometry(model, tuple(input_shape))
+    return sum(2 * m.weight.numel() * positions[n] for n, m in model.named_modules()
+               if n in positions)
 
 
 # ----------------------------------------------------------------------------- files
