@@ -184,10 +184,9 @@ def test_units_method_prunes_graph_models_end_to_end(tmp_path, name, opts, mr):
 
 
 def test_units_mean_replacement_changes_nothing_at_prune_time_in_eval():
-    """A prune round with mean replacement keeps the eval-mode function of the network with
-    every removed channel read as its mean (VGG: a BatchNorm reads each bias-free consumer, so
-    the fold shifts its running mean; the constant's border is where padding differs)."""
-    data = tiny_images()
+    """A prune round with mean replacement (in place: consumer biases, and the running mean
+    of the BatchNorm that alone reads the bias-free consumer 'a') leaves the masked network
+    computing, in eval mode, what the shrunk mean-replaced network computes."""
     torch.manual_seed(0)
     model = _Unpadded()
     x = torch.randn(16, 3, 10, 10)
@@ -252,3 +251,18 @@ def test_cli_refuses_an_ungroupable_model_for_units_in_one_line(tmp_path, monkey
     assert rc == 0  # the weight-mask methods still work on it
     with pytest.raises(MaskError, match="matmul"):
         channel_groups(_MatmulNet(4, 2), torch.zeros(1, 4), strict=True)
+
+
+def test_units_on_a_user_graph_model(tmp_path):
+    """A traceable model not built by build_model: pruned and shrunk (groups traced on the
+    data's shape); its shrunk network is not saved as an architecture (no registry entry)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3, 10, 10), torch.randint(0, 3, (32,))
+    data = Dataset("t", x, y, x[:8], y[:8], 3)
+    model = _Unpadded()
+    method = UnitPruning(fraction=0.5, rounds=1, score_steps=1)
+    Trainer(model, data, TrainConfig(epochs=1, batch_size=16, eval_train=False), method,
+            progress=False, out_dir=tmp_path).fit()
+    small = method.shrunk_model()
+    assert small.a.out_channels == 3 and small.stem.out_channels == 3
+    assert (tmp_path / "shrink.json").exists() and not (tmp_path / "shrunk.pt").exists()

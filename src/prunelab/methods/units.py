@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from prunelab import atomic
-from prunelab.errors import ConfigError, UnknownNameError, check_range
+from prunelab.errors import ConfigError, MaskError, UnknownNameError, check_range
 from prunelab.graph_shrink import fold_group_means, fold_refusal, fold_targets_missing
 from prunelab.group_scores import GroupCollector, group_means, group_unit_scores
 from prunelab.groups import group_weight_masks, is_chain, method_groups
@@ -344,7 +344,7 @@ class UnitPruning(MaskedMethod):
                              else {g.name: g.size for g in self.groups}),
             "widths_shrunk": (widths(small) if self.groups is None
                               else {k: int(v.sum()) for k, v in self.unit_masks.items()}),
-            "architecture": architecture(small),
+            "architecture": _architecture(small),
             "rounds": self.history,
         }
 
@@ -354,13 +354,26 @@ class UnitPruning(MaskedMethod):
             small = self.shrunk_model()
             state["unit_masks"] = {k: v.cpu() for k, v in self.unit_masks.items()}
             state["history"] = self.history
-            state["shrunk"] = {"architecture": architecture(small),
-                               "state_dict": {k: v.detach().cpu()
-                                              for k, v in small.state_dict().items()}}
+            spec = _architecture(small)
+            if spec is not None:
+                state["shrunk"] = {"architecture": spec,
+                                   "state_dict": {k: v.detach().cpu()
+                                                  for k, v in small.state_dict().items()}}
         return state
 
     def write_outputs(self, out_dir: str | Path) -> None:
         """shrunk.pt (architecture + weights, `prunelab.shrink.load_shrunk`) and shrink.json."""
         out_dir = Path(out_dir)
-        save_shrunk(out_dir / "shrunk.pt", self.shrunk_model())
+        small = self.shrunk_model()
+        if _architecture(small) is not None:  # (a graph model build_model did not build: no)
+            save_shrunk(out_dir / "shrunk.pt", small)
         atomic.write_json(out_dir / "shrink.json", self.summary())
+
+
+def _architecture(model: nn.Module) -> Any:
+    """`prunelab.shrink.architecture`, or None for a graph model that was not built by
+    `build_model` (it can be shrunk, not described for rebuilding)."""
+    try:
+        return architecture(model)
+    except MaskError:
+        return None
