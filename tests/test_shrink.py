@@ -177,19 +177,25 @@ def test_bad_unit_masks(tiny_mlp, tiny_cnn):
         shrink(tiny_mlp, {"2": torch.ones(8, dtype=torch.bool)})
     with pytest.raises(MaskError, match="shape"):
         check_unit_masks(tiny_mlp, {"1": torch.ones(5, dtype=torch.bool)})
+    # models that are not plain chains go to the channel groups (tests/test_graph_shrink.py),
+    # which need an example input unless prunelab.models.build_model built the model
     bn = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2))
-    with pytest.raises(MaskError, match=r"cannot follow layer '1' \(BatchNorm1d\)"):
+    with pytest.raises(ConfigError, match="needs an example input"):
         shrink(bn, {"0": torch.tensor([1, 1, 0, 1, 1]).bool()})
+    small = shrink(bn, {"0": torch.tensor([1, 1, 0, 1, 1]).bool()},
+                   example_input=torch.zeros(1, 4))
+    assert small[1].num_features == 4 and small[3].in_features == 4
 
     class Net(nn.Module):
         def forward(self, x):
             return x
 
-    with pytest.raises(MaskError, match="nn.Sequential"):
+    with pytest.raises(ConfigError, match="needs an example input"):
         shrink(Net(), {})
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(MaskError, match="grouped"):
-        shrink(grouped, {})
+        shrink(grouped, {"0": torch.ones(4, dtype=torch.bool)},
+               example_input=torch.zeros(1, 4, 3, 3))
 
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])

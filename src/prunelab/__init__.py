@@ -3,6 +3,7 @@
 from prunelab.config import RunConfig, TrainConfig, load_config, save_config
 from prunelab.data import Dataset, list_datasets, load_dataset
 from prunelab.errors import PrunelabError
+from prunelab.groups import channel_groups
 from prunelab.masks import (
     MaskEnforcer,
     apply_masks,
@@ -33,7 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Dataset", "FixedMask", "GradualMagnitude", "MaskEnforcer", "OneShotMagnitude",
     "PrunelabError", "PruningMethod", "RunConfig", "TrainConfig", "TrainResult", "Trainer",
-    "apply_masks", "build_method", "build_model", "evaluate", "from_torch_prune",
+    "apply_masks", "build_method", "build_model", "channel_groups", "evaluate", "from_torch_prune",
     "list_datasets", "list_methods", "list_models", "load_config", "load_dataset", "load_masks",
     "load_run", "masks_from_weights", "retrain", "retrain_from", "run", "save_config",
     "save_masks", "select_masks", "sparsity_report", "to_torch_prune",

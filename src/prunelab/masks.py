@@ -432,21 +432,53 @@ def sparsity_report(
                    or (e["layer"] == "" and n in ("weight", "bias")) for e in layers)
     )
     total_params = totals["weights"] + totals["biases"] + other
+    graph_after = (None, None) if chain else _graph_after_shrink(model, input_shape)
     glob = {
         **totals,
         "weight_sparsity": 1.0 - totals["weights_nonzero"] / max(totals["weights"], 1),
         "bias_sparsity": 1.0 - totals["biases_nonzero"] / max(totals["biases"], 1),
         "params": total_params,
         "params_nonzero": totals["weights_nonzero"] + totals["biases_nonzero"] + other,
-        "params_after_shrink": shrunk_params + other if chain else None,
+        "params_after_shrink": shrunk_params + other if chain else graph_after[0],
     }
     if masks is None:
         glob.pop("weights_kept")
     if positions:
         glob["flops_dense"] = flops["dense"]
         glob["flops_sparse"] = flops["sparse"]
-        glob["flops_after_shrink"] = flops["shrunk"] if chain else None
+        glob["flops_after_shrink"] = flops["shrunk"] if chain else graph_after[1]
     return {"global": glob, "layers": layers}
+
+
+def _graph_after_shrink(model: nn.Module, input_shape: Iterable[int] | None
+                        ) -> tuple[int | None, int | None]:
+    """Parameters and FLOPs of a graph model without its dead channel groups' channels
+    (`prunelab.groups.alive_channels`), counted on the shrunk copy; (None, None) when the
+    channels cannot be grouped (the weight counts above still stand)."""
+    from prunelab.errors import PrunelabError
+    from prunelab.graph_shrink import dead_channel_plan, shrink_groups
+    from prunelab.groups import analyse
+
+    p = next(model.parameters(), None)
+    if p is None:
+        return None, None
+    x = None if input_shape is None else torch.zeros(1, *input_shape, device=p.device,
+                                                     dtype=p.dtype)
+    try:
+        groups = analyse(model, x).groups
+        small = shrink_groups(model, dead_channel_plan(model, groups), groups=groups)
+    except PrunelabError:
+        return None, None
+    params = sum(q.numel() for q in small.parameters())
+    return params, None if input_shape is None else forward_flops(small, input_shape)
+
+
+def forward_flops(model: nn.Module, input_shape: Iterable[int]) -> int:
+    """Dense FLOPs per sample (2 x multiply-accumulates of every Linear/Conv layer, output
+    positions from one forward pass with hooks): the report's `flops_dense`, alone."""
+    positions = _layer_geometry(model, tuple(input_shape))
+    return sum(2 * m.weight.numel() * positions[n] for n, m in model.named_modules()
+               if n in positions)
 
 
 # ----------------------------------------------------------------------------- files

@@ -159,7 +159,18 @@ def build_model(
         valid = ", ".join(params) or "none"
         raise ConfigError(f"model '{name}' has no option {', '.join(unknown)}; valid: {valid}")
     check_call(factory, options, f"model '{name}' option ")
-    return factory(tuple(input_shape), int(num_classes), **options)
+    model = factory(tuple(input_shape), int(num_classes), **options)
+    # how to build it again (the channel grouping's default example input, saved shrunk graphs)
+    model._prunelab_build = {"model": name, "input_shape": [int(s) for s in input_shape],
+                             "num_classes": int(num_classes), "options": dict(options)}
+    return model
+
+
+def build_info(model: nn.Module) -> dict[str, Any] | None:
+    """The registry name, input shape, class count and options `build_model` built `model`
+    with (kept by copies and shrunk copies); None for models built otherwise."""
+    info = getattr(model, "_prunelab_build", None)
+    return dict(info) if isinstance(info, dict) else None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from prunelab.data.source import DataSource
 from prunelab.data.source import batches as source_batches
 from prunelab.errors import ConfigError, UnknownNameError, check_range
+from prunelab.groups import is_chain
 from prunelab.masks import prunable_parameters
 from prunelab.selection import select_masks
 from prunelab.shrink import UnitLayer, flat_modules, unit_layers
@@ -230,7 +231,12 @@ def unit_statistics(
 ) -> UnitStats:
     """MRS, removal saliency, means and stds of every hidden unit of every layer: per batch
     one forward pass (forward hooks catch the post-activation outputs) and one backward pass
-    (autograd.grad wrt those outputs, so no parameter .grad is touched)."""
+    (autograd.grad wrt those outputs, so no parameter .grad is touched). Graph models: per
+    channel group (`prunelab.group_scores.group_statistics`)."""
+    if not is_chain(model):
+        from prunelab.group_scores import group_statistics
+
+        return group_statistics(model, batches, loss_fn=loss_fn)
     loss_fn = loss_fn or F.cross_entropy
     data = _batches(batches)
     if not data:
@@ -308,9 +314,14 @@ def unit_scores(
 ) -> dict[str, torch.Tensor]:
     """{hidden layer name -> score per unit}, higher = keep: 'mrs', 'norm' (incoming-weight
     L2 norm), 'removal', 'oracle' (exact loss change of mean replacement, one forward of the
-    rest of the network per unit; `means` default: measured on the same data), 'random'."""
+    rest of the network per unit; `means` default: measured on the same data), 'random'.
+    Graph models: {channel group -> score per channel} (`prunelab.group_scores`)."""
     if score not in UNIT_SCORES:
         raise UnknownNameError("unit score", score, UNIT_SCORES)
+    if not is_chain(model):
+        from prunelab.group_scores import group_unit_scores
+
+        return group_unit_scores(model, batches, score, loss_fn=loss_fn, seed=seed, means=means)
     layers = _hidden_layers(model)
     if score == "norm":
         return {L.name: L.module.weight.detach().reshape(L.units, -1).norm(dim=1).clone()
@@ -338,7 +349,12 @@ def replacement_loss_change(
     loss_fn: LossFn | None = None,
 ) -> dict[str, torch.Tensor]:
     """Exact change of the mean loss when each hidden unit alone outputs the constant
-    values[layer][i] (its mean: the mean-replacement oracle; zeros: the removal oracle)."""
+    values[layer][i] (its mean: the mean-replacement oracle; zeros: the removal oracle).
+    Graph models: values[group][consumer][j] (`prunelab.group_scores`)."""
+    if not is_chain(model):
+        from prunelab import group_scores
+
+        return group_scores.replacement_loss_change(model, batches, values, loss_fn=loss_fn)
     loss_fn = loss_fn or F.cross_entropy
     data = _batches(batches)
     layers = _hidden_layers(model)
@@ -441,7 +457,12 @@ def dead_units(
 ) -> dict[str, dict]:
     """Units whose output can be replaced by a constant with ~no change in the loss: MRS (mean
     per-sample absolute first-order loss change) <= `tol`. Per layer: units, dead count and
-    indices, and how many have constant output (std <= tol)."""
+    indices, and how many have constant output (std <= tol). Graph models: per channel group
+    (`prunelab.group_scores.group_dead_units`)."""
+    if not is_chain(model):
+        from prunelab.group_scores import group_dead_units
+
+        return group_dead_units(model, batches, tol=tol, loss_fn=loss_fn)
     check_range("tol", tol, 0.0)
     stats = unit_statistics(model, batches, loss_fn=loss_fn)
     report: dict[str, dict] = {}

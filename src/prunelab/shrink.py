@@ -337,13 +337,27 @@ def shrink(
     model: nn.Module,
     unit_masks: Mapping[str, torch.Tensor],
     *,
-    means: Mapping[str, torch.Tensor] | None = None,
-) -> nn.Sequential:
+    means: Mapping[str, Any] | None = None,
+    **graph: Any,
+) -> nn.Module:
     """A new, physically smaller copy of `model` without the units False in `unit_masks`
     ({layer name -> bool over its units}). Without `means` the removed units contribute
     nothing (as in the masked model); with `means` ({layer -> post-activation mean per unit})
-    their mean outputs are folded into the next layer's bias (mean replacement)."""
+    their mean outputs are folded into the next layer's bias (mean replacement).
+    A model that is not a chain goes to `prunelab.graph_shrink.shrink_groups`: the masks and
+    means are then per channel group, `graph` takes its groups, fold and example_input."""
+    if _graph(model):
+        from prunelab.graph_shrink import shrink_groups
+
+        return shrink_groups(model, unit_masks, means=means, **graph)
     return _build(model, unit_masks, means)[0]
+
+
+def _graph(model: nn.Module) -> bool:
+    """Not a plain chain: channel groups (`prunelab.groups`) do the work."""
+    from prunelab.groups import is_chain
+
+    return not is_chain(model)
 
 
 def shrink_tensors(
@@ -353,6 +367,10 @@ def shrink_tensors(
 ) -> dict[str, torch.Tensor]:
     """Map tensors shaped like the model's Linear/Conv parameters ({param name -> tensor},
     e.g. weight masks or scores) onto the shrunk model's parameters; others pass unchanged."""
+    if _graph(model):
+        from prunelab.graph_shrink import shrink_group_tensors
+
+        return shrink_group_tensors(model, unit_masks, tensors)
     _, plans, _ = _plan(model, unit_masks, None)
     out = {}
     params = dict(model.named_parameters())
@@ -375,7 +393,12 @@ def shrink_with_optimizer(
     """Shrink mid-training: the smaller model and a new optimizer of the same class and
     hyper-parameters over its parameters, whose per-parameter state (momentum buffers, Adam
     moments) is the old state at the kept rows/columns (scalar state such as `step` copied).
-    Hooks registered on the old optimizer (e.g. a MaskEnforcer) must be attached again."""
+    Hooks registered on the old optimizer (e.g. a MaskEnforcer) must be attached again.
+    Graph models: `prunelab.graph_shrink.shrink_groups_with_optimizer` (group masks)."""
+    if _graph(model):
+        from prunelab.graph_shrink import shrink_groups_with_optimizer
+
+        return shrink_groups_with_optimizer(model, unit_masks, optimizer, means=means)
     new_model, plans = _build(model, unit_masks, means)
     old_params = dict(model.named_parameters())
     new_params = dict(new_model.named_parameters())
@@ -433,7 +456,11 @@ def shrink_report(
 
 
 def widths(model: nn.Module) -> dict[str, int]:
-    """Units per Linear/Conv2d layer, by layer name."""
+    """Units per Linear/Conv2d layer, by layer name (graph models: channels per group)."""
+    if _graph(model):
+        from prunelab.groups import channel_groups
+
+        return {g.name: g.size for g in channel_groups(model)}
     return {L.name: L.units for L in unit_layers(model, include_output=True)}
 
 
@@ -468,7 +495,9 @@ def kept_input_mask(model: nn.Module) -> dict[str, torch.Tensor]:
     """The input features a network with gated inputs kept, as a weight mask: for each Linear
     fed directly by a Flatten, its columns with a nonzero weight (the Bernoulli method's
     finalize zeroes the columns of removed features); {} when no column is zero or the chain
-    has no such Linear."""
+    has no such Linear (always for graph models: their inputs carry no gates)."""
+    if _graph(model):
+        return {}
     chain = flat_modules(model)
     masks: dict[str, torch.Tensor] = {}
     for (_, flat), (name, linear) in zip(chain, chain[1:]):
@@ -479,14 +508,24 @@ def kept_input_mask(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
-def architecture(model: nn.Module) -> list[dict[str, Any]]:
-    """A JSON-friendly description of a chain: one entry {name, type, args} per module."""
+def architecture(model: nn.Module) -> list[dict[str, Any]] | dict[str, Any]:
+    """A JSON-friendly description of a chain: one entry {name, type, args} per module; of a
+    graph model, `prunelab.graph_shrink.graph_architecture` (registry build + layer sizes)."""
+    if _graph(model):
+        from prunelab.graph_shrink import graph_architecture
+
+        return graph_architecture(model)
     return [{"name": n, "type": type(m).__name__, "args": _ARGS.get(type(m), lambda m: {})(m)}
             for n, m in flat_modules(model)]
 
 
-def from_architecture(spec: list[dict[str, Any]]) -> nn.Sequential:
-    """Build the (untrained) chain an `architecture` description names, same module names."""
+def from_architecture(spec: list[dict[str, Any]] | dict[str, Any]) -> nn.Module:
+    """Build the (untrained) chain an `architecture` description names, same module names
+    (or the graph model of a graph description)."""
+    from prunelab.graph_shrink import from_graph_architecture, is_graph_architecture
+
+    if is_graph_architecture(spec):
+        return from_graph_architecture(spec)
     types = {t.__name__: t for t in SUPPORTED}
     root = nn.Sequential()
     for entry in spec:
@@ -510,13 +549,14 @@ def from_architecture(spec: list[dict[str, Any]]) -> nn.Sequential:
 
 
 def save_shrunk(path: str | Path, model: nn.Module) -> None:
-    """Save a (shrunk) chain as its architecture plus weights, loadable without the original."""
+    """Save a (shrunk) chain or graph model as its architecture plus weights (no pickled
+    modules), loadable without the original."""
     atomic.save_torch(path, {"architecture": architecture(model),
                              "state_dict": {k: v.detach().cpu()
                                             for k, v in model.state_dict().items()}})
 
 
-def load_shrunk(path: str | Path) -> nn.Sequential:
+def load_shrunk(path: str | Path) -> nn.Module:
     """Load a model written by `save_shrunk` (or a units run's method_state.pt)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -529,7 +569,11 @@ def load_shrunk(path: str | Path) -> nn.Sequential:
     if not isinstance(blob, dict) or "architecture" not in blob:
         raise DataError(f"{path} holds no shrunk model (architecture + state_dict)")
     model = from_architecture(blob["architecture"])
-    model.load_state_dict(blob["state_dict"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(f"{path}: the weights do not fit the architecture ({first})") from None
     return model
 
 

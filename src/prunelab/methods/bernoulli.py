@@ -118,6 +118,12 @@ End of training (`finalize`, default on): gates still stochastic are rounded (th
 1; their number is reported as `undecided_at_end`, with the largest min(theta, 1 - theta)),
 the hooks are removed and the model is replaced by the deterministic shrunk network of the
 units with theta = 1, so the Trainer's final evaluation, report and weights are that network.
+
+Graph models (ResNets, VGG with BatchNorm, ...): one gate per coupled channel of each channel
+group (`prunelab.group_gates.GroupGates`: every consumer of the group reads the channel times
+xi, so one gate removes a residual stream channel from every block of its stage), shrinking by
+`prunelab.graph_shrink` with the optimizer state carried over. `layers` then names channel
+groups; `gate_inputs` and gate_at='layer' are chain options and are refused.
 """
 
 from __future__ import annotations
@@ -131,7 +137,10 @@ from torch import nn
 
 from prunelab.errors import ConfigError, check_range
 from prunelab.gates import GATE_POINTS, BernoulliGates, log_prob
-from prunelab.masks import sparsity_report
+from prunelab.graph_shrink import remap_groups, shrink_groups_with_optimizer
+from prunelab.group_gates import GroupGates
+from prunelab.groups import is_chain, method_groups
+from prunelab.masks import forward_flops
 from prunelab.methods.base import PruningMethod, TrainContext
 from prunelab.shrink import architecture, shrink_with_optimizer
 
@@ -310,9 +319,13 @@ class BernoulliGating(PruningMethod):
     # ------------------------------------------------------------------ setup
     def attach(self, ctx: TrainContext) -> None:
         super().attach(ctx)
-        self.gates: BernoulliGates | None = BernoulliGates(
-            ctx.model, init=self.theta_init, at=self.gate_at, layers=self.layers,
-            straight_through=self.estimator == "st", features=self.gate_inputs)
+        self.gates: BernoulliGates | GroupGates | None
+        if is_chain(ctx.model):
+            self.gates = BernoulliGates(
+                ctx.model, init=self.theta_init, at=self.gate_at, layers=self.layers,
+                straight_through=self.estimator == "st", features=self.gate_inputs)
+        else:
+            self.gates = self._group_gates(ctx)
         n_units = sum(t.numel() for t in self.gates.theta.values())
         if self.estimator == "exact" and n_units > self.max_exact_units:
             self.gates.remove()
@@ -337,6 +350,21 @@ class BernoulliGating(PruningMethod):
         self.max_undecided_distance: float | None = None
         self.final_widths: dict[str, int] | None = None
         self._fixed_cost_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _group_gates(self, ctx: TrainContext) -> GroupGates:
+        """Gates on the channel groups of a graph model (refusals in one line)."""
+        if self.gate_inputs:
+            raise ConfigError("gate_inputs gates the flattened inputs of a chain's Linear "
+                              "layer; graph models gate their channel groups only")
+        if self.gate_at != "output":
+            raise ConfigError("gate_at='layer' is a chain option; graph models gate each "
+                              "channel where its consumers read it (gate_at='output')")
+        shape = getattr(ctx.data, "input_shape", None)
+        p = next(ctx.model.parameters())
+        x = None if shape is None else torch.zeros(1, *shape, device=p.device, dtype=p.dtype)
+        groups = method_groups(ctx.model, x, "method 'bernoulli'")
+        return GroupGates(ctx.model, groups, init=self.theta_init, layers=self.layers,
+                          straight_through=self.estimator == "st")
 
     def _n(self) -> int:
         return self.n_train or self._n_est
@@ -367,7 +395,7 @@ class BernoulliGating(PruningMethod):
         return self.gamma + frac * (self.gamma_final - self.gamma)
 
     def _forward_flops(self, model: nn.Module) -> int:
-        return int(sparsity_report(model, None, self.input_shape)["global"]["flops_dense"])
+        return int(forward_flops(model, self.input_shape))
 
     # ------------------------------------------------------------------ loss
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn):
@@ -645,6 +673,8 @@ class BernoulliGating(PruningMethod):
         if not masks:
             return
         gates.remove()  # hooks must not be copied into the new model
+        if isinstance(gates, GroupGates):
+            return self._shrink_groups(gates, masks, thetas)
         model, opt = shrink_with_optimizer(self.ctx.model, masks, self.ctx.optimizer)
         keep = dict(masks)
         for feat, (_, before) in gates.features.items():
@@ -657,6 +687,24 @@ class BernoulliGating(PruningMethod):
         self.gates = BernoulliGates(
             model, thetas, at=self.gate_at, layers=[n for n in thetas if n not in gates.features],
             straight_through=self.estimator == "st", features=bool(gates.features))
+        self.ctx.model, self.ctx.optimizer = model, opt
+        self._hook_prior_gradient(opt)
+        self.shrink_events += 1
+        if self.input_shape is not None:
+            self.flops_now = self._forward_flops(model)
+
+    def _shrink_groups(self, gates: GroupGates, masks: dict[str, torch.Tensor],
+                       thetas: dict[str, torch.Tensor]) -> None:
+        """`_shrink` for graph models: the groups are renumbered, not traced again."""
+        groups = list(gates.groups.values())
+        model, opt = shrink_groups_with_optimizer(self.ctx.model, masks, self.ctx.optimizer,
+                                                  groups=groups)
+        new_groups = remap_groups(self.ctx.model, groups, masks)
+        for n, m in masks.items():
+            thetas[n] = thetas[n][m.to(thetas[n].device)]
+            self.orig_index[n] = self.orig_index[n][m.cpu()]
+        self.gates = GroupGates(model, new_groups, thetas, layers=list(thetas),
+                                straight_through=self.estimator == "st")
         self.ctx.model, self.ctx.optimizer = model, opt
         self._hook_prior_gradient(opt)
         self.shrink_events += 1

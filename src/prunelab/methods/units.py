@@ -8,6 +8,14 @@ saliency and the unit means over the last `score_steps` steps before each round,
 costs no extra pass. With `mean_replacement` the removed units' mean outputs are folded into
 the next layer's bias (bias propagation) at the moment they are removed; at the end
 `shrunk_model()` is a genuinely smaller network computing what the masked model computes.
+
+Graph models (ResNets, VGG with BatchNorm, ...) prune channel groups (`prunelab.groups`): a
+removed channel is masked in every member (producer rows, BatchNorm weight and bias, consumer
+columns), scores and means are read at the group's consumers (`prunelab.group_scores`), mean
+replacement folds into a consumer's bias or the running mean of the BatchNorm that alone reads
+a bias-free consumer (`prunelab.graph_shrink.fold_group_means`; a consumer with neither is
+refused), and the shrunk model comes from `prunelab.graph_shrink`. A model whose channels the
+analysis cannot follow is refused in one line naming the node.
 """
 
 from __future__ import annotations
@@ -21,7 +29,10 @@ from torch import nn
 
 from prunelab import atomic
 from prunelab.data.source import sample
-from prunelab.errors import ConfigError, UnknownNameError, check_range
+from prunelab.errors import ConfigError, MaskError, UnknownNameError, check_range
+from prunelab.graph_shrink import fold_group_means, fold_refusal, fold_targets_missing
+from prunelab.group_scores import GroupCollector, group_means, group_unit_scores
+from prunelab.groups import group_weight_masks, is_chain, method_groups
 from prunelab.masks import UnitMasks, unit_masks_to_weight_masks
 from prunelab.methods.base import MaskedMethod, TrainContext
 from prunelab.models import count_parameters
@@ -148,16 +159,14 @@ class UnitPruning(MaskedMethod):
 
     def attach(self, ctx: TrainContext) -> None:
         super().attach(ctx)
+        self.groups = None if is_chain(ctx.model) else self._graph_groups(ctx)
+        if self.groups is not None:
+            self._attach_schedule(ctx)
+            return
         layers = unit_layers(ctx.model)  # MaskError naming an unsupported layer
         if not layers:
             raise ConfigError("method 'units' needs a model with at least one hidden layer")
-        self.prune_epochs = [self.start_epoch + k * self.every for k in range(self.rounds)]
-        if self.prune_epochs[-1] > ctx.epochs:
-            raise ConfigError(
-                f"method 'units': {self.rounds} rounds every {self.every} epoch(s) from epoch "
-                f"{self.start_epoch} need at least {self.prune_epochs[-1]} epochs; "
-                f"training has {ctx.epochs}"
-            )
+        self._check_schedule(ctx)
         if self.mean_replacement:
             for L in layers:
                 if L.next_module.bias is None:
@@ -174,6 +183,43 @@ class UnitPruning(MaskedMethod):
         self.params_dense = count_parameters(ctx.model)
         self._step = 0
         self.collector = _Collector(ctx.model)
+        self._update_collecting()
+
+    def _check_schedule(self, ctx: TrainContext) -> None:
+        self.prune_epochs = [self.start_epoch + k * self.every for k in range(self.rounds)]
+        if self.prune_epochs[-1] > ctx.epochs:
+            raise ConfigError(
+                f"method 'units': {self.rounds} rounds every {self.every} epoch(s) from epoch "
+                f"{self.start_epoch} need at least {self.prune_epochs[-1]} epochs; "
+                f"training has {ctx.epochs}"
+            )
+
+    def _graph_groups(self, ctx: TrainContext):
+        """The channel groups of a graph model (one-line MaskError naming what the analysis
+        cannot follow), on an example of the data's input shape when there is data."""
+        data = self._data()
+        shape = getattr(data, "input_shape", None)
+        p = next(ctx.model.parameters())
+        x = None if shape is None else torch.zeros(1, *shape, device=p.device, dtype=p.dtype)
+        return method_groups(ctx.model, x, "method 'units'")
+
+    def _attach_schedule(self, ctx: TrainContext) -> None:
+        """The graph path of attach: groups instead of chain layers."""
+        self._check_schedule(ctx)
+        if self.mean_replacement:
+            missing = fold_targets_missing(ctx.model, self.groups)
+            if missing:
+                raise ConfigError(f"method 'units': {fold_refusal(missing[0])}")
+        if self.score == "oracle" and self._data() is None:
+            raise ConfigError("score 'oracle' needs the training data (pass data_in=Dataset "
+                              "when building the method in Python); use mrs on the CLI")
+        dev = next(ctx.model.parameters()).device
+        self.unit_masks = {g.name: torch.ones(g.size, dtype=torch.bool, device=dev)
+                           for g in self.groups}
+        self.history = []
+        self.params_dense = count_parameters(ctx.model)
+        self._step = 0
+        self.collector = GroupCollector(ctx.model, self.groups)
         self._update_collecting()
 
     def _data(self):
@@ -203,8 +249,10 @@ class UnitPruning(MaskedMethod):
 
     # --------------------------------------------------------------------- pruning
 
-    def _scores_and_means(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _scores_and_means(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         model = self.ctx.model
+        if self.groups is not None:
+            return self._group_scores_and_means()
         if self.score == "oracle":
             data = self._data()
             x, y = sample(data, min(self.score_samples, data.n_train), seed=self.seed)
@@ -220,6 +268,24 @@ class UnitPruning(MaskedMethod):
             return self.collector.scores(self.score), means
         return unit_scores(model, None, self.score, seed=self.seed + len(self.history)), means
 
+    def _group_scores_and_means(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        model, groups = self.ctx.model, self.groups
+        if self.score == "oracle":
+            data = self._data()
+            x, y = sample(data, min(self.score_samples, data.n_train), seed=self.seed)
+            dev = next(model.parameters()).device
+            batch = (x.to(dev), y.to(dev))
+            means = group_means(model, batch, groups=groups)
+            return group_unit_scores(model, batch, "oracle", groups=groups, means=means), means
+        if not self.collector.ready:
+            raise ConfigError("no training step was seen before a pruning round; "
+                              "lower score_steps or prune later")
+        means = self.collector.means()
+        if self.score in ("mrs", "removal"):
+            return self.collector.scores(self.score), means
+        return group_unit_scores(model, None, self.score, groups=groups,
+                                 seed=self.seed + len(self.history)), means
+
     def prune_round(self, epoch: int) -> None:
         """Score, select, fold means (optional) and mask: one round of unit pruning."""
         scores, means = self._scores_and_means()
@@ -227,11 +293,17 @@ class UnitPruning(MaskedMethod):
         new = select_units(scores, fraction=self.fraction, count=self.count, scope=self.scope,
                            current=current)
         removed = {k: current[k] & ~new[k] for k in new}
-        if self.mean_replacement:
+        if self.mean_replacement and self.groups is not None:
+            fold_group_means(self.ctx.model, self.groups, removed, means)
+        elif self.mean_replacement:
             fold_means(self.ctx.model, removed, means)
         dev = next(self.ctx.model.parameters()).device
         self.unit_masks = {k: v.to(dev) for k, v in new.items()}
-        self.enforcer.update(unit_masks_to_weight_masks(self.ctx.model, self.unit_masks))
+        if self.groups is not None:
+            self.enforcer.update(group_weight_masks(self.ctx.model, self.groups,
+                                                    self.unit_masks))
+        else:
+            self.enforcer.update(unit_masks_to_weight_masks(self.ctx.model, self.unit_masks))
         self.collector.reset()
         self.history.append({
             "epoch": epoch,
@@ -242,9 +314,12 @@ class UnitPruning(MaskedMethod):
 
     # --------------------------------------------------------------------- results
 
-    def shrunk_model(self) -> nn.Sequential:
+    def shrunk_model(self) -> nn.Module:
         """The physically smaller network (means already folded into the biases)."""
-        return shrink(self.ctx.model, {k: v.cpu() for k, v in self.unit_masks.items()})
+        masks = {k: v.cpu() for k, v in self.unit_masks.items()}
+        if self.groups is not None:
+            return shrink(self.ctx.model, masks, groups=self.groups)
+        return shrink(self.ctx.model, masks)
 
     def metrics(self) -> dict[str, float]:
         out = super().metrics()
@@ -267,9 +342,11 @@ class UnitPruning(MaskedMethod):
             "params_dense": self.params_dense,
             "params_shrunk": count_parameters(small),
             "param_ratio": self.params_dense / max(count_parameters(small), 1),
-            "widths_dense": widths(self.ctx.model),
-            "widths_shrunk": widths(small),
-            "architecture": architecture(small),
+            "widths_dense": (widths(self.ctx.model) if self.groups is None
+                             else {g.name: g.size for g in self.groups}),
+            "widths_shrunk": (widths(small) if self.groups is None
+                              else {k: int(v.sum()) for k, v in self.unit_masks.items()}),
+            "architecture": _architecture(small),
             "rounds": self.history,
         }
 
@@ -279,13 +356,26 @@ class UnitPruning(MaskedMethod):
             small = self.shrunk_model()
             state["unit_masks"] = {k: v.cpu() for k, v in self.unit_masks.items()}
             state["history"] = self.history
-            state["shrunk"] = {"architecture": architecture(small),
-                               "state_dict": {k: v.detach().cpu()
-                                              for k, v in small.state_dict().items()}}
+            spec = _architecture(small)
+            if spec is not None:
+                state["shrunk"] = {"architecture": spec,
+                                   "state_dict": {k: v.detach().cpu()
+                                                  for k, v in small.state_dict().items()}}
         return state
 
     def write_outputs(self, out_dir: str | Path) -> None:
         """shrunk.pt (architecture + weights, `prunelab.shrink.load_shrunk`) and shrink.json."""
         out_dir = Path(out_dir)
-        save_shrunk(out_dir / "shrunk.pt", self.shrunk_model())
+        small = self.shrunk_model()
+        if _architecture(small) is not None:  # (a graph model build_model did not build: no)
+            save_shrunk(out_dir / "shrunk.pt", small)
         atomic.write_json(out_dir / "shrink.json", self.summary())
+
+
+def _architecture(model: nn.Module) -> Any:
+    """`prunelab.shrink.architecture`, or None for a graph model that was not built by
+    `build_model` (it can be shrunk, not described for rebuilding)."""
+    try:
+        return architecture(model)
+    except MaskError:
+        return None
