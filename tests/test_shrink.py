@@ -192,15 +192,23 @@ def test_bad_unit_masks(tiny_mlp, tiny_cnn):
         shrink(grouped, {})
 
 
-@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    # torch 2.13's AdamW.defaults holds decoupled_weight_decay, which AdamW() refuses
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    "nadam": lambda ps: torch.optim.NAdam(ps, lr=1e-2, decoupled_weight_decay=True),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.5),
+}
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 def test_shrink_mid_training_keeps_optimizer_consistent(tiny_cnn, opt_name):
     """Masked training then shrink: the shrunk model with the carried-over optimizer follows
     the same trajectory as the masked model with the original optimizer."""
     model = tiny_cnn
     um = random_unit_masks(model, 2)
-    make = (lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3)) \
-        if opt_name == "sgd" else (lambda ps: torch.optim.Adam(ps, lr=1e-2))
-    opt = make(model.parameters())
+    opt = OPTIMIZERS[opt_name](model.parameters())
     MaskEnforcer(model, unit_masks_to_weight_masks(model, um)).attach(opt)
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 1, 10, 10, generator=gen), torch.randint(0, 3, (8,), generator=gen))
@@ -215,11 +223,12 @@ def test_shrink_mid_training_keeps_optimizer_consistent(tiny_cnn, opt_name):
         step(model, opt, b)
     small, small_opt = shrink_with_optimizer(model, um, opt)
     assert type(small_opt) is type(opt)
-    assert small_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert {k: v for k, v in small_opt.param_groups[0].items() if k != "params"} == {
+        k: v for k, v in opt.param_groups[0].items() if k != "params"}
     p_small = dict(small.named_parameters())
     first = p_small["0.weight"]
     state = small_opt.state[first]
-    key = "momentum_buffer" if opt_name == "sgd" else "exp_avg"
+    key = {"sgd": "momentum_buffer", "rmsprop": "square_avg"}.get(opt_name, "exp_avg")
     torch.testing.assert_close(state[key], opt.state[model[0].weight][key][um["0"]])
     for b in batches[3:]:
         step(model, opt, b)
