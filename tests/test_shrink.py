@@ -11,7 +11,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunelab.errors import ConfigError, MaskError
-from prunelab.masks import MaskEnforcer, apply_masks, unit_masks_to_weight_masks
+from prunelab.masks import (
+    MaskEnforcer,
+    alive_units,
+    apply_masks,
+    sparsity_report,
+    unit_masks_to_weight_masks,
+)
 from prunelab.models import build_model, count_parameters
 from prunelab.scores import unit_means
 from prunelab.shrink import (
@@ -22,10 +28,12 @@ from prunelab.shrink import (
     load_shrunk,
     save_shrunk,
     shrink,
+    shrink_dead_units,
     shrink_report,
     shrink_tensors,
     shrink_with_optimizer,
     unit_layers,
+    widths,
 )
 
 
@@ -264,3 +272,58 @@ def test_optimizer_with_foreign_parameter_errors(tiny_mlp):
     opt = torch.optim.SGD(list(tiny_mlp.parameters()) + [extra], lr=0.1)
     with pytest.raises(ConfigError, match="not the model's"):
         shrink_with_optimizer(tiny_mlp, random_unit_masks(tiny_mlp, 0), opt)
+
+
+def _chain_with_constant_units():
+    """A conv -> pool -> flatten -> linear chain in which some units have no incoming weights
+    but a positive bias (ReLU(bias) > 0 still feeds the next layer), one unit is fed only by
+    such a unit, and one unit has no outgoing weights."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    with torch.no_grad():
+        model[0].weight[1] = 0.0
+        model[0].bias[1] = 0.7  # filter 1: constant ReLU(0.7) on every position
+        model[4].weight[2] = 0.0
+        model[4].bias[2] = 0.4  # unit 2: constant 0.4
+        model[4].weight[3] = 0.0
+        model[4].bias[3] = -0.3  # unit 3: constant ReLU(-0.3) = 0
+        model[6].weight[1] = 0.0
+        model[6].weight[1, 2] = 1.5  # unit 1 of the Tanh layer is fed by constant unit 2 only
+        model[8].weight[:, 4] = 0.0  # unit 4 of the Tanh layer feeds nothing
+    return model
+
+
+def test_shrinking_dead_units_folds_their_constant_outputs():
+    """Units with no incoming weights still output activation(bias); removing them must fold
+    that constant into the next layer's bias (issue 20.6d: plain removal changed logits)."""
+    model = _chain_with_constant_units().eval()
+    alive = alive_units(model)
+    assert alive["0"].tolist() == [True, False, True, True]
+    assert alive["4"].tolist() == [True, True, False, False, True, True]
+    assert alive["6"].tolist() == [True, False, True, True, False]
+    small = shrink_dead_units(model).eval()
+    assert widths(small) == {"0": 3, "4": 4, "6": 3, "8": 3}
+    x = torch.randn(64, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (small(x) - model(x)).abs().max() <= 1e-6
+        # plain removal (the constants dropped) is not the same network
+        assert (shrink(model, alive)(x) - model(x)).abs().max() > 1e-2
+    report = sparsity_report(model, None, (1, 6, 6))["global"]
+    assert report["params_after_shrink"] == count_parameters(small)
+    assert report["flops_after_shrink"] == shrink_report(model, small, (1, 6, 6))["flops_after"]
+
+
+def test_dead_units_folded_into_a_layer_without_bias_count_its_new_bias():
+    model = _chain_with_constant_units()
+    model[6] = nn.Linear(6, 5, bias=False)
+    with torch.no_grad():
+        model[6].weight[1] = 0.0
+        model[6].weight[1, 2] = 1.5
+    small = shrink_dead_units(model.eval()).eval()
+    x = torch.randn(16, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (small(x) - model(x)).abs().max() <= 1e-6
+    assert sparsity_report(model, None, (1, 6, 6))["global"]["params_after_shrink"] == \
+        count_parameters(small)

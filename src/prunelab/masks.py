@@ -349,7 +349,12 @@ def unit_masks_to_weight_masks(
 
 def alive_units(model: nn.Module) -> UnitMasks:
     """Units that matter: nonzero incoming weights and (except the output layer) some nonzero
-    outgoing weight; iterated to a fixed point along the chain. Empty for non-chain models."""
+    outgoing weight; iterated to a fixed point along the chain. Empty for non-chain models.
+
+    A dead unit that still feeds a live one outputs a constant (activation(bias), e.g.
+    ReLU(bias) > 0 with no incoming weights): removing it keeps the function only with that
+    constant folded into the next layer's bias, as `shrink.shrink_dead_units` does and as
+    `sparsity_report`'s `params_after_shrink` counts."""
     chain = layer_chain(model)
     if chain is None:
         return {}
@@ -414,7 +419,9 @@ def sparsity_report(
     """Per layer and global counts: weights and biases separately (total, nonzero, fraction
     zero), units alive, and with `input_shape` the FLOPs (2 x multiply-accumulates per sample)
     dense, sparse (nonzero weights only) and after shrinking dead units; parameters after
-    shrinking. Nonzero counts are read from the weights; `masks` adds the kept counts."""
+    shrinking (the network `shrink.shrink_dead_units` builds: dead units' constant outputs
+    folded into the next biases). Nonzero counts are read from the weights; `masks` adds the
+    kept counts."""
     positions = _layer_geometry(model, tuple(input_shape)) if input_shape is not None else {}
     alive = alive_units(model)
     chain = layer_chain(model)
@@ -465,7 +472,10 @@ def sparsity_report(
                 in_alive = fan_in_units
             kernel = w[0, 0].numel() if w.dim() > 2 else 1
             shrunk_w = out_alive * in_alive * kernel
-            shrunk_params += shrunk_w + (out_alive if b is not None else 0)
+            # removed units' constant outputs are folded into this layer's bias, which
+            # `shrink.shrink_dead_units` adds where the layer has none
+            folds = prev_alive is not None and not bool(prev_alive.all())
+            shrunk_params += shrunk_w + (out_alive if b is not None or folds else 0)
             entry["weights_after_shrink"] = shrunk_w
             if name in positions:
                 entry["flops_shrunk"] = 2 * shrunk_w * positions[name]

@@ -35,6 +35,7 @@ from prunelab.masks import (
     CHAIN_PASSTHROUGH,
     CHAIN_POOLS,
     UnitMasks,
+    alive_units,
     sparsity_report,
 )
 
@@ -290,6 +291,49 @@ def fold_means(
         L.next_module.bias.add_(delta.to(L.next_module.bias))
         deltas[L.next_name] = delta
     return deltas
+
+
+@torch.no_grad()
+def dead_unit_constants(
+    model: nn.Module, unit_masks: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The post-activation output of each unit False in `unit_masks` when every input it
+    has a nonzero weight from is itself such a unit: a constant, activation(bias + what the
+    removed units of the layer before feed it), computed layer by layer. These are the values
+    `shrink(model, unit_masks, means=...)` folds into the next layers' biases so that removing
+    units with no incoming weights keeps the network's function (ReLU(bias) > 0 still feeds
+    the next layer). Kept units get their value too; it is never used."""
+    check_unit_masks(model, unit_masks)
+    flat = flat_modules(model)
+    out: dict[str, torch.Tensor] = {}
+    prev: UnitLayer | None = None
+    for L in unit_layers(model):
+        w = L.module.weight
+        pre = (L.module.bias.detach().clone() if L.module.bias is not None
+               else torch.zeros(L.units, dtype=w.dtype, device=w.device))
+        if prev is not None and prev.name in unit_masks:
+            removed = ~unit_masks[prev.name].to(w.device)
+            if bool(removed.any()):
+                pre = pre + _bias_delta(prev, removed, out[prev.name]).to(pre)
+        out[L.name] = _constant_through(pre, flat[L.index + 1 : L.point + 1], L.name)
+        prev = L
+    return out
+
+
+def shrink_dead_units(model: nn.Module) -> nn.Sequential:
+    """A physically smaller copy of `model` without the units `masks.alive_units` finds dead
+    (no nonzero incoming weight from a live unit, or no nonzero outgoing weight to one), each
+    removed unit's constant output folded into the next layer's bias (`dead_unit_constants`),
+    so the copy computes what `model` computes. `sparsity_report`'s `params_after_shrink`
+    counts this network. MaskError where a constant cannot be folded exactly (into a padded
+    conv) or a whole layer is dead."""
+    hidden = {L.name for L in unit_layers(model)}
+    masks = {n: m for n, m in alive_units(model).items() if n in hidden and not bool(m.all())}
+    if not masks:
+        return copy.deepcopy(model)
+    full = {L.name: masks.get(L.name, torch.ones(L.units, dtype=torch.bool))
+            for L in unit_layers(model)}
+    return shrink(model, masks, means=dead_unit_constants(model, full))
 
 
 def _new_layer(old: nn.Module, n_out: int, n_in: int, bias: bool) -> nn.Module:
