@@ -3,13 +3,17 @@ torch.nn.utils.prune hooks, LeNet-300-100 on synthetic MNIST-shaped data.
 
 The variants train side by side in one process: same initial weights, same batches, same
 optimizer settings (SGD, momentum 0.9, lr 0.05, batch 128), 90% sparse masks for the masked
-ones. Besides the three compared, two breakdown variants (MaskEnforcer with only its gradient
+ones. `masked_prestep` is the enforcement before issue 20.6b (gradients masked only in the
+optimizer's step pre-hook, so clip_grad_norm_ saw pruned gradients); `masked` is today's
+(gradients masked by post-accumulate-grad hooks when backward returns, the step pre-hook only
+checks that). Besides these, two breakdown variants (MaskEnforcer with only its gradient
 hook, or only its re-zero hook, each timed from inside) show where the masked overhead goes
 (skip them with --no-breakdown). After a warm-up epoch each,
 they are interleaved over several rounds (the order rotates every round so none always runs
 first or last) and the median epoch time of each is reported with the ratios
 
     masked / dense          target <= 1.05   (masking costs at most 5%)
+    masked / masked_prestep  informational    (what masking at backward costs over before)
     torch_prune / masked    target >  1      (prunelab is faster than torch's prune hooks)
 
 Run: .venv/bin/python benchmarks/masked_training_overhead.py [--rounds 25] [--batches 60]
@@ -44,7 +48,7 @@ LR = 0.05
 MOMENTUM = 0.9
 SPARSITY = 0.9
 MASKED_TARGET = 1.05  # masked / dense must be <= this
-VARIANTS = ("dense", "masked", "torch_prune")
+VARIANTS = ("dense", "masked", "torch_prune", "masked_prestep")
 # Attribution of the masked overhead (on unless --no-breakdown): MaskEnforcer with only one
 # of its two optimizer hooks, to see what each pass over the weights costs.
 BREAKDOWN = ("masked_grad_only", "masked_zero_only")
@@ -125,7 +129,14 @@ def build_variants(
         mod_name, _, attr = pname.rpartition(".")
         prune.custom_from_mask(modules[mod_name], attr, mask)
     tp = Variant("torch_prune", tp_model, make_sgd(tp_model.parameters()))
-    variants = [dense, masked, tp]
+
+    # The enforcement before issue 20.6b, as attach() did it for SGD: one step pre-hook.
+    pre_model = copy.deepcopy(base)
+    pre_opt = make_sgd(pre_model.parameters())
+    pre_enforcer = MaskEnforcer(pre_model, masks)  # masks applied, no hooks
+    pre_opt.register_step_pre_hook(lambda *_: pre_enforcer.mask_gradients())
+    prestep = Variant("masked_prestep", pre_model, pre_opt)
+    variants = [dense, masked, tp, prestep]
 
     if breakdown:
         for name in BREAKDOWN:
@@ -159,7 +170,7 @@ def count_revived(variant: Variant, masks: dict[str, torch.Tensor]) -> int:
 
 def check_masked_zero(variants: dict[str, Variant], masks: dict[str, torch.Tensor]) -> None:
     """Sanity: pruned weights are exactly zero after training, in both masked variants."""
-    for label in ("masked", "torch_prune"):
+    for label in ("masked", "torch_prune", "masked_prestep"):
         n_bad = count_revived(variants[label], masks)
         assert n_bad == 0, f"{label}: {n_bad} pruned weights are nonzero after training"
     report = sparsity_report(variants["masked"].model, masks, INPUT_SHAPE)["global"]
@@ -198,6 +209,8 @@ def run(rounds: int, n_batches: int, warmup: int, seed: int, breakdown: bool = T
                                                variants["dense"].times)])
     paired_tm = median([t / m for t, m in zip(variants["torch_prune"].times,
                                               variants["masked"].times)])
+    paired_mp = median([m / p for m, p in zip(variants["masked"].times,
+                                              variants["masked_prestep"].times)])
     ratio_md = med["masked"] / med["dense"]
     ratio_tm = med["torch_prune"] / med["masked"]
     sparsity = 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(
@@ -233,6 +246,8 @@ def run(rounds: int, n_batches: int, warmup: int, seed: int, breakdown: bool = T
             "torch_prune_over_masked": ratio_tm,
             "paired_masked_over_dense": paired_md,
             "paired_torch_prune_over_masked": paired_tm,
+            "masked_over_masked_prestep": med["masked"] / med["masked_prestep"],
+            "paired_masked_over_masked_prestep": paired_mp,
         },
         "targets": {
             "masked_over_dense_max": MASKED_TARGET,
@@ -267,7 +282,11 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"torch_prune / masked = {r['torch_prune_over_masked']:.3f} "
           f"(paired {r['paired_torch_prune_over_masked']:.3f})  target > 1       "
           f"{verdict(ok['torch_prune_over_masked'])}")
-    print("sanity: pruned weights exactly zero after training in masked and torch_prune: OK")
+    print(f"masked / masked_prestep = {r['masked_over_masked_prestep']:.3f} "
+          f"(paired {r['paired_masked_over_masked_prestep']:.3f})  masking at backward vs "
+          "in the step pre-hook (before 20.6b)")
+    print("sanity: pruned weights exactly zero after training in masked, torch_prune and "
+          "masked_prestep: OK")
     for n, us in res.get("hook_us_per_step", {}).items():
         hook = "mask_gradients (pre-step)" if n == "masked_grad_only" else "enforce (post-step)"
         print(f"time inside {hook:<26}: {us:6.1f} us/step = "

@@ -32,6 +32,8 @@ def attached(model: nn.Module, steps_per_epoch: int = 10, epochs: int = 5, lr: f
     options.setdefault("shrink_every", 1)
     method = BernoulliGating(n_train=100, **options)
     opt = (torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "adam"
+           else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+           if optimizer == "adamw"
            else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
     method.attach(TrainContext(model, opt, steps_per_epoch, steps_per_epoch * epochs, epochs))
     return method
@@ -175,7 +177,7 @@ def test_shrunk_network_matches_gated_network(net, tiny_mlp, tiny_cnn):
     assert sum(p.numel() for p in final.parameters()) < sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adamw"])
 def test_removing_a_unit_mid_training_keeps_optimizer_state(optimizer, tiny_cnn):
     model = tiny_cnn
     method = attached(model, optimizer=optimizer, theta_init=0.9)
@@ -188,7 +190,7 @@ def test_removing_a_unit_mid_training_keeps_optimizer_state(optimizer, tiny_cnn)
         method.ctx.optimizer.step()
         method.after_step(step)
     old_model, old_opt = method.ctx.model, method.ctx.optimizer
-    key = "exp_avg" if optimizer == "adam" else "momentum_buffer"
+    key = "momentum_buffer" if optimizer == "sgd" else "exp_avg"
     old_state = {n: old_opt.state[p][key].clone() for n, p in old_model.named_parameters()}
     with torch.no_grad():
         method.gates.theta["0"][1] = 0.01  # conv filter 1 falls below the threshold
@@ -196,6 +198,9 @@ def test_removing_a_unit_mid_training_keeps_optimizer_state(optimizer, tiny_cnn)
     method.after_step(4)
     new_model, new_opt = method.ctx.model, method.ctx.optimizer
     assert new_model is not old_model and new_opt is not old_opt
+    assert type(new_opt) is type(old_opt)
+    assert {k: v for k, v in new_opt.param_groups[0].items() if k != "params"} == {
+        k: v for k, v in old_opt.param_groups[0].items() if k != "params"}
     assert method.widths() == {"0": 3, "3": 6, "6": 5}
     assert new_model[0].out_channels == 3 and new_model[6].out_features == 5
     params = dict(new_model.named_parameters())

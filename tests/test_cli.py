@@ -56,6 +56,16 @@ def test_retrain_of_a_shrunk_run_trains_its_architecture_or_refuses_in_one_line(
     assert (tmp_path / "s" / "shrunk.pt").is_file()
 
 
+def test_bernoulli_with_adamw_removes_units_and_finishes(tmp_path):
+    """torch 2.13's AdamW could not be rebuilt after a shrink (exit 2 at the first removal)."""
+    out = tmp_path / "gated"
+    argv = [a if a != "adam" else "adamw" for a in TRAIN]
+    assert main(argv + ["--method", "bernoulli", "-o", "pi=0.05", "-o", "penalty_scale=20",
+                        "-o", "theta_init=0.6", "--out", str(out)]) == 0
+    saved = torch.load(out / "shrunk.pt", weights_only=True)
+    assert saved["state_dict"]["1.weight"].shape[0] < 8  # units were removed
+
+
 @pytest.mark.parametrize(
     "argv, fragments",
     [

@@ -192,6 +192,23 @@ def test_curve_endpoints_match_evaluate_exactly():
     assert res.at(1.0, "test") == evaluate(other, *data["test"])
 
 
+def test_float64_curves_train_and_evaluate_in_float64(tmp_path):
+    """Curves keep the models' dtype (float32 before issue 20.6e)."""
+    model, data = trained_toy(steps=30)
+    model, other = model.double(), tiny_net(9).double()
+    data64 = {k: (x.double(), y) for k, (x, y) in data.items()}
+    curve = BezierCurve.between(model, other, degree=2)
+    assert curve.start.dtype == torch.float64 and curve.inner[0].dtype == torch.float64
+    train_curve(curve, model, data, epochs=1, batch_size=100, progress=False)  # float32 data
+    curve.save(tmp_path / "c.pt")
+    back = BezierCurve.load(tmp_path / "c.pt")
+    assert back.inner[0].dtype == torch.float64 and torch.equal(back.stacked(), curve.stacked())
+    res = evaluate_curve(curve, model, data64, points=5)
+    for t, m in ((0.0, model), (1.0, other)):
+        ref = evaluate(m, *data64["test"])
+        assert res.at(t, "test")["loss"] == pytest.approx(ref["loss"], rel=1e-13, abs=0)
+
+
 def test_bad_masks_and_architectures():
     model = tiny_net()
     a, b = tiny_net(1), tiny_net(2)

@@ -112,9 +112,80 @@ def test_detached_enforcer_no_longer_masks():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     enforcer = MaskEnforcer(model, _random_masks(model, 0.5, 2)).attach(opt)
     enforcer.detach()
-    torch.nn.functional.cross_entropy(model(torch.randn(8, 5)), torch.zeros(8).long()).backward()
+    reference = _reference_grads(model)
+    _backward(model)
+    for n, p in model.named_parameters():  # no gradient hook left either
+        assert torch.equal(p.grad, reference[n])
     opt.step()
     assert (model[0].weight != 0).float().mean() > 0.9
+
+
+def _backward(model, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+
+
+def _reference_grads(model, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The unmasked gradients of `_backward` at the model's current weights (a hook-free
+    copy)."""
+    import copy
+
+    twin = copy.deepcopy(model)  # tensor hooks are not copied
+    _backward(twin, seed)
+    return {n: p.grad.clone() for n, p in twin.named_parameters()}
+
+
+def test_gradients_are_masked_when_backward_returns_and_follow_updates():
+    model = _net(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    masks = _random_masks(model, 0.5, 2)
+    enforcer = MaskEnforcer(model, masks).attach(opt)
+    params = dict(model.named_parameters())
+    ref = _reference_grads(model)
+    assert all(bool((ref[n][~m] != 0).any()) for n, m in masks.items())  # something to mask
+    _backward(model)
+    for n, m in masks.items():
+        assert torch.equal(params[n].grad, ref[n] * m)
+    _backward(model, 1)  # accumulated into the same .grad: masked again
+    for n, m in masks.items():
+        assert torch.all(params[n].grad[~m] == 0)
+    opt.step()
+    more = {n: m & _random_masks(model, 0.5, 3)[n] for n, m in masks.items()}
+    enforcer.update(more)
+    opt.zero_grad()
+    ref = _reference_grads(model)
+    _backward(model)
+    for n, m in more.items():
+        assert torch.equal(params[n].grad, ref[n] * m)
+
+
+def test_dense_gradients_leave_pruned_gradients_and_the_step_still_masks():
+    """Under dense_gradients() one backward leaves the gradients of pruned entries (RigL-style
+    regrowth needs them); the next step masks them before the update, so the pruned weights
+    stay exactly zero even for an optimizer whose post-step re-zeroing is skipped."""
+    model = _net(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    masks = _random_masks(model, 0.5, 2)
+    enforcer = MaskEnforcer(model, masks).attach(opt)
+    w, pruned = model[0].weight, ~masks["0.weight"]
+    ref = _reference_grads(model)
+    assert bool((ref["0.weight"][pruned] != 0).any())
+    with enforcer.dense_gradients():
+        _backward(model)
+    assert torch.equal(w.grad, ref["0.weight"])
+    opt.step()
+    assert torch.equal(w.grad, ref["0.weight"] * masks["0.weight"])
+    assert torch.all(w[pruned] == 0)
+    assert torch.all(opt.state[w]["momentum_buffer"][pruned] == 0)
+    opt.zero_grad()
+    _backward(model)  # outside the block the hooks mask again
+    assert torch.all(w.grad[pruned] == 0) and bool((w.grad != 0).any())
+    # a gradient assigned by hand never went through the hooks: the step masks it
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert torch.all(w[pruned] == 0)
+    assert torch.all(opt.state[w]["momentum_buffer"][pruned] == 0)
 
 
 def test_sparsity_report_counts_exactly(tiny_mlp):
@@ -203,3 +274,63 @@ def test_unit_mask_errors(tiny_mlp):
         unit_masks_to_weight_masks(tiny_mlp, {"1": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(MaskError, match="'2'"):
         unit_masks_to_weight_masks(tiny_mlp, {"2": torch.ones(8, dtype=torch.bool)})
+
+
+def _torch_prune_twin(model, masks):
+    """A copy of `model` pruned with torch.nn.utils.prune, and its parameters listed in the
+    order of `model`'s (weight_orig in place of weight), so that order-dependent reductions
+    such as clip_grad_norm_'s total norm see the tensors in the same order."""
+    import copy
+
+    from torch.nn.utils import prune
+
+    twin = copy.deepcopy(model)
+    modules = dict(twin.named_modules())
+    for name, mask in masks.items():
+        mod_name, _, attr = name.rpartition(".")
+        prune.custom_from_mask(modules[mod_name], attr, mask)
+    tp = dict(twin.named_parameters())
+    params = [tp[n] if n in tp else tp[n + "_orig"] for n, _ in model.named_parameters()]
+    return twin, params
+
+
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adam"])
+@pytest.mark.parametrize("clip", [None, 0.1])
+def test_masked_training_equals_torch_prune_bit_for_bit_with_gradient_clipping(opt, clip):
+    """Gradients of pruned weights are zero when backward returns, so anything that reads
+    .grad before the step (clip_grad_norm_ here) sees what torch.nn.utils.prune gives it.
+    (With the masking only in the optimizer's step pre-hook the clipped runs drifted apart.)"""
+    make = {"sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9),
+            "adam": lambda p: torch.optim.Adam(p, lr=0.02)}[opt]
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16),
+                                torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    masks = _random_masks(model, 0.3, 4)
+    twin, twin_params = _torch_prune_twin(model, masks)
+    opt_a = make(model.parameters())
+    MaskEnforcer(model, masks).attach(opt_a)
+    opt_b = make(twin_params)
+    g = torch.Generator().manual_seed(5)
+    params_a = list(model.parameters())
+    clipped = 0
+    for _ in range(40):
+        x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+        losses = []
+        for m, o, ps in ((model, opt_a, params_a), (twin, opt_b, twin_params)):
+            o.zero_grad()
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+            loss.backward()
+            if clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(ps, clip)
+                clipped += int(norm > clip)
+            o.step()
+            losses.append(loss.detach())
+        assert torch.equal(losses[0], losses[1])
+    if clip is not None:
+        assert clipped > 20  # clipping did act on most steps
+    for name, p in model.named_parameters():
+        mod_name, _, attr = name.rpartition(".")
+        mod = twin.get_submodule(mod_name)
+        w = (getattr(mod, attr + "_orig") * getattr(mod, attr + "_mask") if name in masks
+             else getattr(mod, attr))  # the module's `weight` is stale until its next forward
+        assert torch.equal(p.detach(), w.detach()), name

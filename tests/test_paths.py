@@ -67,6 +67,23 @@ def test_endpoints_equal_evaluate_exactly(toy, fast):
     assert len(res.t) == 29
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_float64_models_are_evaluated_in_float64(toy, fast):
+    """Paths keep the models' dtype (they cast to float32 before issue 20.6e): the endpoints of
+    a float64 line are the float64 models' losses to float64 rounding, also with float32
+    data (cast to the model's dtype per batch)."""
+    a, b = _mlp(0).double(), _mlp(1).double()
+    data = {k: (x.double(), y) for k, (x, y) in toy.items()}
+    for given in (data, toy):
+        res = interpolate(a, b, given, model=a, fast_first_layer=fast, batch_size=64,
+                          points_per_batch=3)
+        for split, (x, y) in data.items():
+            for t, m in ((0.0, a), (1.0, b)):
+                ref = evaluate(m, x, y, batch_size=64)
+                assert res.at(t, split)["loss"] == pytest.approx(ref["loss"], rel=1e-13, abs=0)
+                assert res.at(t, split)["accuracy"] == ref["accuracy"]
+
+
 def test_interior_points_match_an_explicit_model(toy):
     a, b = _mlp(0), _mlp(1)
     res = interpolate(a, b, toy, ts=[0.0, 0.3, 1.0, 1.2], splits=["train"])

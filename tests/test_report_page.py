@@ -181,3 +181,76 @@ def test_page_renders_in_headless_chromium(lab, tmp_path):
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10000
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _row(task, method, label, acc, *, target=None, seed=0, **metrics):
+    return {"status": "done", "task": task, "method": method, "label": label, "sparsity": target,
+            "seed": seed, "test_accuracy": acc, "num_classes": 2, **metrics}
+
+
+def test_collapsed_and_far_below_dense_rows_are_flagged():
+    from prunelab.report_page import comparison_rows, comparison_table, pivot_table
+
+    rows = [_row("xor", "dense", "dense", 0.938, weight_sparsity=0.0, weights_nonzero=100),
+            _row("xor", "bernoulli", "bernoulli", 0.656, weight_sparsity=0.0,
+                 weights_removed_vs_start=0.98, params_removed_vs_start=0.97),
+            _row("xor", "gmp", "gmp", 0.93, target=0.9, weight_sparsity=0.9,
+                 weights_removed_vs_start=0.9),
+            _row("xor", "units", "units", 0.52, weight_sparsity=0.0,
+                 weights_removed_vs_start=0.5)]
+    summary = {r["label"]: r for r in comparison_rows(rows)}
+    assert summary["dense"]["flag"] == "" and summary["gmp"]["flag"] == ""
+    assert summary["bernoulli"]["flag"] == "28.2 pts below dense"
+    assert summary["units"]["flag"] == "near chance (0.50)"
+    table = comparison_table(list(summary.values()))
+    line = [x for x in table.splitlines() if "| bernoulli |" in x][0]
+    assert "**28.2 pts below dense**" in line and "| 0.980 / 0.970 |" in line
+    assert "| 0.000 |" in line  # the final (shrunk) network's own weight sparsity, still shown
+    assert "0.6560 (0.98) **!**" in pivot_table(list(summary.values()))
+
+
+def test_options_are_chosen_on_the_validation_twin_only():
+    from prunelab.report_page import chosen_on_validation, chosen_table, comparison_rows
+
+    rows = []
+    for task, accs in (("xor:validation", {"b(p=1)": 0.9, "b(p=30)": 0.6}),
+                       ("xor", {"b(p=1)": 0.85, "b(p=30)": 0.95})):  # test would pick p=30
+        rows.append(_row(task, "dense", "dense", 0.93))
+        for seed in (0, 1):
+            rows += [_row(task, "bernoulli", label, acc + 0.01 * seed, seed=seed,
+                          weights_removed_vs_start=0.9) for label, acc in accs.items()]
+    chosen = chosen_on_validation(comparison_rows(rows))
+    by_method = {c["method"]: c for c in chosen}
+    assert set(by_method) == {"dense", "bernoulli"}
+    c = by_method["bernoulli"]
+    assert c["label"] == "b(p=1)" and c["options"] == 2
+    assert c["val_accuracy"] == pytest.approx(0.905)
+    assert c["row"]["test_accuracy"] == pytest.approx(0.855) and c["row"]["task"] == "xor"
+    assert "| b(p=1) (of 2) | 0.9050 | 0.8550 ± 0.0071 |" in chosen_table(chosen)
+
+
+def test_report_of_a_sweep_with_a_structured_method_and_a_validation_twin(tmp_path):
+    """End to end: bernoulli removes units, so its final network has weight sparsity 0; the
+    report shows what it removed from the network it started from, and the option chosen on
+    the validation twin."""
+    spec = {"name": "structured",
+            "base": {"train": {"epochs": 3, "batch_size": 50, "optimizer": "adam", "lr": 0.01,
+                               "eval_train": False, "checkpoint_epochs": False}},
+            "tasks": [{"name": "xor", "dataset": "xor", "model": "mlp",
+                       "model_options": {"widths": [16, 16]}, "validation": 0.25,
+                       "data_options": {"n_irrelevant": 2, "n_train": 200, "n_test": 200}}],
+            "methods": ["dense", {"name": "bernoulli",
+                                  "options": {"pi": 0.05, "theta_init": 0.6},
+                                  "grid": {"penalty_scale": [2.0, 20.0]}}],
+            "seeds": [0]}
+    run_sweep(spec_from_dict(spec), tmp_path / "s", workers=1)
+    _, md_path = write_report(tmp_path / "s")
+    md = md_path.read_text()
+    assert "removed vs start (weights / params)" in md and "Options chosen on validation" in md
+    line = [x for x in md.splitlines()
+            if x.startswith("| xor | bernoulli(penalty_scale=20.0) |")][0]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    removed = float(cells[6].split("/")[0])
+    assert removed > 0.3 and cells[7] == "0.000"  # removed vs start; final weight sparsity
+    chosen = [x for x in md.splitlines() if x.startswith("| xor | bernoulli |")]
+    assert len(chosen) == 1 and "(of 2)" in chosen[0]

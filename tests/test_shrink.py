@@ -11,7 +11,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunelab.errors import ConfigError, MaskError
-from prunelab.masks import MaskEnforcer, apply_masks, unit_masks_to_weight_masks
+from prunelab.masks import (
+    MaskEnforcer,
+    alive_units,
+    apply_masks,
+    sparsity_report,
+    unit_masks_to_weight_masks,
+)
 from prunelab.models import build_model, count_parameters
 from prunelab.scores import unit_means
 from prunelab.shrink import (
@@ -22,10 +28,12 @@ from prunelab.shrink import (
     load_shrunk,
     save_shrunk,
     shrink,
+    shrink_dead_units,
     shrink_report,
     shrink_tensors,
     shrink_with_optimizer,
     unit_layers,
+    widths,
 )
 
 
@@ -198,15 +206,23 @@ def test_bad_unit_masks(tiny_mlp, tiny_cnn):
                example_input=torch.zeros(1, 4, 3, 3))
 
 
-@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    # torch 2.13's AdamW.defaults holds decoupled_weight_decay, which AdamW() refuses
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    "nadam": lambda ps: torch.optim.NAdam(ps, lr=1e-2, decoupled_weight_decay=True),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.5),
+}
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 def test_shrink_mid_training_keeps_optimizer_consistent(tiny_cnn, opt_name):
     """Masked training then shrink: the shrunk model with the carried-over optimizer follows
     the same trajectory as the masked model with the original optimizer."""
     model = tiny_cnn
     um = random_unit_masks(model, 2)
-    make = (lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3)) \
-        if opt_name == "sgd" else (lambda ps: torch.optim.Adam(ps, lr=1e-2))
-    opt = make(model.parameters())
+    opt = OPTIMIZERS[opt_name](model.parameters())
     MaskEnforcer(model, unit_masks_to_weight_masks(model, um)).attach(opt)
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 1, 10, 10, generator=gen), torch.randint(0, 3, (8,), generator=gen))
@@ -221,11 +237,12 @@ def test_shrink_mid_training_keeps_optimizer_consistent(tiny_cnn, opt_name):
         step(model, opt, b)
     small, small_opt = shrink_with_optimizer(model, um, opt)
     assert type(small_opt) is type(opt)
-    assert small_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert {k: v for k, v in small_opt.param_groups[0].items() if k != "params"} == {
+        k: v for k, v in opt.param_groups[0].items() if k != "params"}
     p_small = dict(small.named_parameters())
     first = p_small["0.weight"]
     state = small_opt.state[first]
-    key = "momentum_buffer" if opt_name == "sgd" else "exp_avg"
+    key = {"sgd": "momentum_buffer", "rmsprop": "square_avg"}.get(opt_name, "exp_avg")
     torch.testing.assert_close(state[key], opt.state[model[0].weight][key][um["0"]])
     for b in batches[3:]:
         step(model, opt, b)
@@ -261,3 +278,58 @@ def test_optimizer_with_foreign_parameter_errors(tiny_mlp):
     opt = torch.optim.SGD(list(tiny_mlp.parameters()) + [extra], lr=0.1)
     with pytest.raises(ConfigError, match="not the model's"):
         shrink_with_optimizer(tiny_mlp, random_unit_masks(tiny_mlp, 0), opt)
+
+
+def _chain_with_constant_units():
+    """A conv -> pool -> flatten -> linear chain in which some units have no incoming weights
+    but a positive bias (ReLU(bias) > 0 still feeds the next layer), one unit is fed only by
+    such a unit, and one unit has no outgoing weights."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    with torch.no_grad():
+        model[0].weight[1] = 0.0
+        model[0].bias[1] = 0.7  # filter 1: constant ReLU(0.7) on every position
+        model[4].weight[2] = 0.0
+        model[4].bias[2] = 0.4  # unit 2: constant 0.4
+        model[4].weight[3] = 0.0
+        model[4].bias[3] = -0.3  # unit 3: constant ReLU(-0.3) = 0
+        model[6].weight[1] = 0.0
+        model[6].weight[1, 2] = 1.5  # unit 1 of the Tanh layer is fed by constant unit 2 only
+        model[8].weight[:, 4] = 0.0  # unit 4 of the Tanh layer feeds nothing
+    return model
+
+
+def test_shrinking_dead_units_folds_their_constant_outputs():
+    """Units with no incoming weights still output activation(bias); removing them must fold
+    that constant into the next layer's bias (issue 20.6d: plain removal changed logits)."""
+    model = _chain_with_constant_units().eval()
+    alive = alive_units(model)
+    assert alive["0"].tolist() == [True, False, True, True]
+    assert alive["4"].tolist() == [True, True, False, False, True, True]
+    assert alive["6"].tolist() == [True, False, True, True, False]
+    small = shrink_dead_units(model).eval()
+    assert widths(small) == {"0": 3, "4": 4, "6": 3, "8": 3}
+    x = torch.randn(64, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (small(x) - model(x)).abs().max() <= 1e-6
+        # plain removal (the constants dropped) is not the same network
+        assert (shrink(model, alive)(x) - model(x)).abs().max() > 1e-2
+    report = sparsity_report(model, None, (1, 6, 6))["global"]
+    assert report["params_after_shrink"] == count_parameters(small)
+    assert report["flops_after_shrink"] == shrink_report(model, small, (1, 6, 6))["flops_after"]
+
+
+def test_dead_units_folded_into_a_layer_without_bias_count_its_new_bias():
+    model = _chain_with_constant_units()
+    model[6] = nn.Linear(6, 5, bias=False)
+    with torch.no_grad():
+        model[6].weight[1] = 0.0
+        model[6].weight[1, 2] = 1.5
+    small = shrink_dead_units(model.eval()).eval()
+    x = torch.randn(16, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (small(x) - model(x)).abs().max() <= 1e-6
+    assert sparsity_report(model, None, (1, 6, 6))["global"]["params_after_shrink"] == \
+        count_parameters(small)

@@ -106,9 +106,55 @@ def test_sgd_step_follows_the_min_norm_direction_then_prunes():
             assert torch.all(b == 0)  # the l1 gradient lives only on the l1 set
 
 
-def test_adam_variant_keeps_separate_moments_and_combines_directions():
+def test_adam_default_combines_raw_gradients_then_takes_an_adam_step():
+    """The authors' rule: min-norm combination of the raw stochastic gradients, then the
+    optimizer's step on that direction (one set of Adam moments, of d)."""
     model = _tiny()
     cfg = SMGDConfig(optimizer="adam", lr=1e-3, tau=0.0, conv_l2=0.0)
+    stepper = SMGDStepper(model, cfg)
+    data = _data()
+    xb, yb = data.x_train[:8], data.y_train[:8]
+    before = [p.detach().clone() for p in stepper.params]
+    _, g1, g2 = stepper.gradients(xb, yb)
+    _, c1 = stepper.step(xb, yb)
+    assert c1 == pytest.approx(min_norm_coefficient(g1, g2), abs=1e-6)
+    d = [c1 * a + (1 - c1) * b for a, b in zip(g1, g2)]
+    for p0, p, di in zip(before, stepper.params, d):  # first step: m = d, v = d^2
+        torch.testing.assert_close(p.detach(), p0 - 1e-3 * di / (di.abs() + cfg.eps),
+                                   rtol=1e-5, atol=1e-7)
+    assert set(stepper.state) == {"m", "v"}
+    for m, di in zip(stepper.state["m"], d):
+        torch.testing.assert_close(m, 0.1 * di)
+
+
+def test_combining_gradients_or_normalised_directions_differ_on_a_constructed_case():
+    """Where the CE gradient is small next to the l1 gradient (sign(w) on every dense weight),
+    the min-norm combination of the raw gradients leans on the CE gradient (c1 near 1) while
+    that of the Adam-normalised directions (each entry ~ +-1 at the first step) does not:
+    the two rules step in different directions."""
+    model = _tiny()
+    data = _data()
+    xb, yb = data.x_train[:8], data.y_train[:8]
+    steps = {}
+    for combination in ("gradients", "directions"):
+        m = _tiny()
+        m.load_state_dict(model.state_dict())
+        stepper = SMGDStepper(m, SMGDConfig(optimizer="adam", lr=1e-3, tau=0.0, conv_l2=0.0,
+                                            adam_combination=combination))
+        before = torch.cat([p.detach().flatten() for p in stepper.params])
+        _, c1 = stepper.step(xb, yb)
+        after = torch.cat([p.detach().flatten() for p in stepper.params])
+        steps[combination] = (c1, after - before)
+    (c_g, d_g), (c_d, d_d) = steps["gradients"], steps["directions"]
+    assert c_g > 0.9 and c_d < 0.7, (c_g, c_d)
+    cos = float(d_g @ d_d / (d_g.norm() * d_d.norm()))
+    assert cos < 0.9, cos
+
+
+def test_adam_directions_variant_keeps_separate_moments_and_combines_directions():
+    model = _tiny()
+    cfg = SMGDConfig(optimizer="adam", lr=1e-3, tau=0.0, conv_l2=0.0,
+                     adam_combination="directions")
     stepper = SMGDStepper(model, cfg)
     data = _data()
     xb, yb = data.x_train[:8], data.y_train[:8]
@@ -150,7 +196,9 @@ def test_train_smgd_is_seeded():
 @pytest.mark.parametrize(
     ("options", "needle"),
     [({"optimizer": "rmsprop"}, "optimizer"), ({"lr": 0.0}, "lr"), ({"tau": -1.0}, "tau"),
-     ({"momentum": 1.0}, "momentum"), ({"l1_params": ["Conv3d"]}, "l1_params")],
+     ({"momentum": 1.0}, "momentum"), ({"l1_params": ["Conv3d"]}, "l1_params"),
+     ({"adam_combination": "mean"}, "adam_combination"),
+     ({"adam_combination": "directions"}, "adam_combination")],
 )
 def test_bad_smgd_options_are_one_line_errors(options, needle):
     with pytest.raises(ConfigError, match=needle) as exc:

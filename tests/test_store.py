@@ -193,6 +193,8 @@ def test_metrics_from_run_dirs(tmp_path):
     assert m["test_accuracy"] == levels[-1].final["test_accuracy"]
     assert m["weight_sparsity"] == pytest.approx(0.75, abs=0.02)
     assert m["train_seconds"] == pytest.approx(sum(r.final["train_seconds"] for r in levels))
+    assert m["weights_at_start"] == m["weights"] and m["num_classes"] == 2
+    assert m["weights_removed_vs_start"] == pytest.approx(m["weight_sparsity"])
     with pytest.raises(PrunelabError, match="file not found"):
         metrics_from_run_dir(tmp_path / "nothing")
     (tmp_path / "bad").mkdir()
@@ -200,3 +202,24 @@ def test_metrics_from_run_dirs(tmp_path):
     with pytest.raises(PrunelabError, match="malformed JSON"):
         metrics_from_run_dir(tmp_path / "bad")
     assert time.time() > 0
+
+
+def test_a_shrunk_run_is_measured_against_the_network_it_started_from(tmp_path):
+    """Bernoulli gates remove units physically, so the final sparsity report describes a small
+    dense network (weight sparsity 0); the fraction removed is taken against init.pt."""
+    from prunelab.train import run
+
+    train = TrainConfig(epochs=3, batch_size=50, optimizer="adam", lr=0.01, eval_train=False)
+    cfg = RunConfig("xor", {"n_irrelevant": 2, "n_train": 200, "n_test": 200}, None, "mlp",
+                    {"widths": [16, 16]}, "bernoulli",
+                    {"pi": 0.05, "penalty_scale": 20.0, "theta_init": 0.6}, train)
+    run(cfg, tmp_path / "b")
+    m = metrics_from_run_dir(tmp_path / "b")
+    dense_weights = 4 * 16 + 16 * 16 + 16 * 2
+    assert m["weights_at_start"] == dense_weights
+    assert m["params_at_start"] == dense_weights + 16 + 16 + 2
+    assert m["weights"] < dense_weights  # the shrunk network
+    assert m["weights_removed_vs_start"] == pytest.approx(1 - m["weights_nonzero"] / dense_weights)
+    assert m["weights_removed_vs_start"] > m["weight_sparsity"] + 0.3
+    assert m["params_removed_vs_start"] == pytest.approx(
+        1 - m["params_nonzero"] / m["params_at_start"])

@@ -106,7 +106,24 @@ def test_shipped_specs_expand():
     methods = {c.config.method for c in compare.cells}
     # the methods registered when the spec was written; later ones are added as one entry each
     assert {"dense", "magnitude", "gmp", "imp"} <= methods <= set(list_methods())
-    assert {c.task for c in compare.cells} == {"xor", "mnist"}
+    assert {c.task for c in compare.cells} == {"xor", "mnist", "xor:validation",
+                                               "mnist:validation"}
+    labels = {c.label for c in compare.cells}
+    assert {"bernoulli(penalty_scale=1.0)", "bernoulli(penalty_scale=30.0)",
+            "biobjective(weight=0.99)"} <= labels
+
+
+def test_a_task_with_validation_gets_its_validation_twin():
+    spec = spec_from_dict({"tasks": [dict(XOR, validation=0.25)], "methods": ["dense"],
+                           "seeds": [0, 1]})
+    tasks = {c.task: c for c in spec.cells}
+    assert set(tasks) == {"xor", "xor:validation"} and len(spec.cells) == 4
+    twin, plain = tasks["xor:validation"], tasks["xor"]
+    assert twin.config.data_options == {**plain.config.data_options, "validation": 0.25}
+    assert twin.config.model == plain.config.model and twin.config_hash != plain.config_hash
+    for bad in (0, 1.5, "a", True):
+        with pytest.raises(ConfigError, match=r"tasks\[0\].validation must be a fraction"):
+            spec_from_dict({"tasks": [dict(XOR, validation=bad)], "methods": ["dense"]})
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -6,9 +6,14 @@ output units or filters}. Masks never live inside the module, so a pruned checkp
 weights plus a masks file and loads into an unpruned model.
 
 Enforcement (`MaskEnforcer`) keeps pruned weights exactly zero through any `torch.optim`
-optimizer: gradients are masked before each step and weights re-zeroed after it (optimizer
-step hooks), and optimizer state (momentum, Adam moments) is cleared at newly pruned entries,
-so momentum, Adam state or weight decay can never revive a pruned weight.
+optimizer: gradients of pruned entries are zeroed as soon as backward accumulates them into
+`.grad` (a post-accumulate-grad hook on each masked parameter), so gradient clipping, logging
+or anything else that reads `.grad` before the step sees what `torch.nn.utils.prune` would give
+it; a step pre-hook masks any gradient that did not come through such a backward (assigned by
+hand, or dense on purpose under `MaskEnforcer.dense_gradients()`, which methods such as RigL
+need at their mask updates); weights are re-zeroed after the step, and optimizer state
+(momentum, Adam moments) is cleared at newly pruned entries, so momentum, Adam state or weight
+decay can never revive a pruned weight.
 
 For plain SGD, Adam and AdamW the re-zeroing is skipped by default: with a zero weight, a
 zero (masked) gradient and zero state, every term of their updates is exactly zero (momentum,
@@ -19,8 +24,11 @@ optimizer, including subclasses of these, keeps the re-zeroing; `rezero=True` fo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,9 +140,12 @@ ZERO_PRESERVING_OPTIMIZERS: tuple[type, ...] = (
 class MaskEnforcer:
     """Keeps masked weights exactly zero through training with any torch.optim optimizer.
 
-    Use `attach(optimizer)`; from then on every `optimizer.step()` masks the gradients before
-    the update and re-zeroes the weights after it. `update(masks)` installs new masks (pruning
-    more) and clears optimizer state at the newly pruned entries.
+    Use `attach(optimizer)`; from then on every backward leaves the gradients of pruned
+    entries zero, and every `optimizer.step()` masks any gradient that did not come through
+    such a backward before the update and re-zeroes the weights after it. `update(masks)`
+    installs new masks (pruning more) and clears optimizer state at the newly pruned entries;
+    `dense_gradients()` lets one backward leave unmasked gradients; `detach()` removes every
+    hook.
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]):
@@ -144,6 +155,11 @@ class MaskEnforcer:
         self._params = {n: params[n] for n in masks}
         self._set(masks)
         self._handles: list = []
+        self._grad_handles: dict[str, Any] = {}
+        # The gradient each parameter's hook last masked (weakly held): a step pre-hook masks
+        # only gradients that are not that tensor (assigned by hand, or left dense on purpose).
+        self._masked_grad: dict[str, weakref.ref] = {}
+        self._dense = 0
         self._optimizers: list[torch.optim.Optimizer] = []
         apply_masks(model, self.masks)
 
@@ -153,33 +169,82 @@ class MaskEnforcer:
         }
         # Float copies so enforcement is one in-place multiply per tensor.
         self._factors = {n: m.to(self._params[n].dtype) for n, m in self.masks.items()}
+        self._masked_grad = {}  # gradients masked with the old masks count as unmasked
 
     def attach(
         self, optimizer: torch.optim.Optimizer, *, rezero: bool | None = None
     ) -> MaskEnforcer:
-        """Hook into `optimizer` so each step masks gradients and (unless the optimizer is one
-        that provably keeps zeros, see the module docstring) re-zeroes weights after it."""
+        """Hook into `optimizer` (and, once, into the masked parameters' gradient
+        accumulation) so gradients of pruned entries are zero when backward returns, each step
+        masks any other gradient first, and (unless the optimizer is one that provably keeps
+        zeros, see the module docstring) re-zeroes weights after it."""
         if rezero is None:
             rezero = type(optimizer) not in ZERO_PRESERVING_OPTIMIZERS
         clear_optimizer_state(optimizer, self._params, self.masks)
-        self._handles.append(optimizer.register_step_pre_hook(lambda *_: self.mask_gradients()))
+        self._hook_gradients()
+        self._handles.append(optimizer.register_step_pre_hook(lambda *_: self._before_step()))
         if rezero:
             self._handles.append(optimizer.register_step_post_hook(lambda *_: self.enforce()))
         self._optimizers.append(optimizer)
         return self
 
+    def _hook_gradients(self) -> None:
+        for n, p in self._params.items():
+            if n not in self._grad_handles:
+                self._grad_handles[n] = p.register_post_accumulate_grad_hook(
+                    self._grad_hook(n))
+
+    def _grad_hook(self, name: str):
+        @torch.no_grad()
+        def hook(p: torch.Tensor) -> None:
+            if self._dense or p.grad is None:
+                return
+            p.grad.mul_(self._factors[name])
+            self._masked_grad[name] = weakref.ref(p.grad)
+        return hook
+
+    @contextlib.contextmanager
+    def dense_gradients(self) -> Iterator[None]:
+        """Within this block, backward leaves the gradients of pruned entries as they are
+        (for methods that rank pruned connections by their gradient, e.g. RigL's regrowth).
+        The weights stay masked: the next `optimizer.step()` still masks the gradients before
+        its update; call `mask_gradients()` to mask them earlier (e.g. before clipping).
+        Gradients from `torch.autograd.grad` never pass through the hooks and are always
+        dense."""
+        self._dense += 1
+        try:
+            yield
+        finally:
+            self._dense -= 1
+
     def detach(self) -> None:
-        """Remove the optimizer hooks (the weights keep their zeros)."""
+        """Remove the optimizer and gradient hooks (the weights keep their zeros)."""
         for h in self._handles:
             h.remove()
+        for h in self._grad_handles.values():
+            h.remove()
         self._handles.clear()
+        self._grad_handles.clear()
+        self._masked_grad.clear()
         self._optimizers.clear()
+
+    def _before_step(self) -> None:
+        for n, p in self._params.items():
+            g = p.grad
+            if g is not None:
+                ref = self._masked_grad.get(n)
+                if ref is None or ref() is not g:
+                    with torch.no_grad():
+                        g.mul_(self._factors[n])
+                    self._masked_grad[n] = weakref.ref(g)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
+        """Zero the gradients of pruned entries now."""
         for n, p in self._params.items():
             if p.grad is not None:
                 p.grad.mul_(self._factors[n])
+                self._masked_grad[n] = weakref.ref(p.grad)
 
     @torch.no_grad()
     def enforce(self) -> None:
@@ -198,6 +263,8 @@ class MaskEnforcer:
         merged.update(masks)
         self._set(merged)
         self.enforce()
+        if self._grad_handles:
+            self._hook_gradients()
         for opt in self._optimizers:
             clear_optimizer_state(opt, self._params, self.masks)
 
@@ -300,7 +367,12 @@ def unit_masks_to_weight_masks(
 
 def alive_units(model: nn.Module) -> UnitMasks:
     """Units that matter: nonzero incoming weights and (except the output layer) some nonzero
-    outgoing weight; iterated to a fixed point along the chain. Empty for non-chain models."""
+    outgoing weight; iterated to a fixed point along the chain. Empty for non-chain models.
+
+    A dead unit that still feeds a live one outputs a constant (activation(bias), e.g.
+    ReLU(bias) > 0 with no incoming weights): removing it keeps the function only with that
+    constant folded into the next layer's bias, as `shrink.shrink_dead_units` does and as
+    `sparsity_report`'s `params_after_shrink` counts."""
     chain = layer_chain(model)
     if chain is None:
         return {}
@@ -368,7 +440,9 @@ def sparsity_report(
     """Per layer and global counts: weights and biases separately (total, nonzero, fraction
     zero), units alive, and with `input_shape` the FLOPs (2 x multiply-accumulates per sample)
     dense, sparse (nonzero weights only) and after shrinking dead units; parameters after
-    shrinking. Nonzero counts are read from the weights; `masks` adds the kept counts."""
+    shrinking (the network `shrink.shrink_dead_units` builds: dead units' constant outputs
+    folded into the next biases). Nonzero counts are read from the weights; `masks` adds the
+    kept counts."""
     positions = _layer_geometry(model, tuple(input_shape)) if input_shape is not None else {}
     alive = alive_units(model)
     chain = layer_chain(model)
@@ -419,7 +493,10 @@ def sparsity_report(
                 in_alive = fan_in_units
             kernel = w[0, 0].numel() if w.dim() > 2 else 1
             shrunk_w = out_alive * in_alive * kernel
-            shrunk_params += shrunk_w + (out_alive if b is not None else 0)
+            # removed units' constant outputs are folded into this layer's bias, which
+            # `shrink.shrink_dead_units` adds where the layer has none
+            folds = prev_alive is not None and not bool(prev_alive.all())
+            shrunk_params += shrunk_w + (out_alive if b is not None or folds else 0)
             entry["weights_after_shrink"] = shrunk_w
             if name in positions:
                 entry["flops_shrunk"] = 2 * shrunk_w * positions[name]

@@ -27,12 +27,18 @@ from prunelab import atomic
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.report import aggregate, markdown_table, new_figure, save_figure
 from prunelab.store import Store
+from prunelab.sweep import VALIDATION_SUFFIX
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SKIP_DIRS = ("runs", "checkpoints", "__pycache__")  # run directories hold no reports
 MAX_DEPTH = 6
-COMPARE_VALUES = ("test_accuracy", "weight_sparsity", "params_nonzero", "params",
-                  "flops_sparse", "flops_dense", "train_seconds")
+COMPARE_VALUES = ("test_accuracy", "weight_sparsity", "weights_removed_vs_start",
+                  "params_removed_vs_start", "params_nonzero", "params", "params_at_start",
+                  "flops_sparse", "flops_dense", "train_seconds", "num_classes")
+# A row is flagged when its mean accuracy is within this of chance (1 / classes) ...
+NEAR_CHANCE = 0.05
+# ... or this far (accuracy points as a fraction) below the dense run of the same task.
+BELOW_DENSE = 0.05
 
 
 @dataclass
@@ -94,21 +100,51 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
+def _nan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def comparison_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Finished runs grouped by task, method label and target sparsity: means, spreads, n."""
+    """Finished runs grouped by task, method label and target sparsity: means, spreads, n,
+    and a `flag` (empty when none) for rows near chance or far below dense."""
     done = []
     for r in rows:
         if r.get("status") != "done":
             continue
         target = r.get("sparsity")
         done.append(dict(r, target=-1.0 if target is None else float(target)))
-    out = aggregate(done, ["task", "label", "target"], COMPARE_VALUES)
+    out = aggregate(done, ["task", "method", "label", "target"], COMPARE_VALUES)
     for r in out:
         r["target"] = None if r["target"] < 0 else r["target"]
+        if _nan(r["weights_removed_vs_start"]):  # a database written before these existed
+            r["weights_removed_vs_start"] = r["weight_sparsity"]
     order = {t: i for i, t in enumerate(dict.fromkeys(r["task"] for r in done))}
     labels = {m: i for i, m in enumerate(dict.fromkeys(r["label"] for r in done))}
     out.sort(key=lambda r: (order[r["task"]], labels[r["label"]], r["target"] or 0.0))
+    dense = {}
+    for r in out:
+        if r["method"] == "dense":
+            dense.setdefault(r["task"], r["test_accuracy"])
+    for r in out:
+        r["flag"] = collapse_flag(r["test_accuracy"], r.get("num_classes"),
+                                  None if r["method"] == "dense" else dense.get(r["task"]))
     return out
+
+
+def collapse_flag(accuracy: float, classes: float | None, dense: float | None) -> str:
+    """'near chance' when the accuracy is within NEAR_CHANCE of 1 / classes, else 'N pts below
+    dense' when it is more than BELOW_DENSE below the dense accuracy; '' otherwise."""
+    if _nan(accuracy):
+        return ""
+    if not _nan(classes) and classes and accuracy <= 1.0 / classes + NEAR_CHANCE:
+        return f"near chance ({1.0 / classes:.2f})"
+    if not _nan(dense) and dense - accuracy > BELOW_DENSE:
+        return f"{100 * (dense - accuracy):.1f} pts below dense"
+    return ""
+
+
+def _flag(r: dict[str, Any]) -> str:
+    return f"**{r['flag']}**" if r.get("flag") else ""
 
 
 def comparison_table(summary: list[dict[str, Any]]) -> str:
@@ -118,6 +154,9 @@ def comparison_table(summary: list[dict[str, Any]]) -> str:
         "target sparsity": "-" if r["target"] is None else f"{r['target']:.2f}",
         "n": r["n"],
         "test accuracy": f"{_fmt(r['test_accuracy'])} ± {_fmt(r['test_accuracy_std'])}",
+        "flag": _flag(r),
+        "removed vs start (weights / params)": f"{_fmt(r['weights_removed_vs_start'], 3)} / "
+                                               f"{_fmt(r.get('params_removed_vs_start'), 3)}",
         "weight sparsity": _fmt(r["weight_sparsity"], 3),
         "params (nonzero / total)": f"{_fmt_count(r['params_nonzero'])} / "
                                     f"{_fmt_count(r['params'])}",
@@ -125,13 +164,58 @@ def comparison_table(summary: list[dict[str, Any]]) -> str:
                                   f"{_fmt_count(r['flops_dense'])}",
         "train s": _fmt(r["train_seconds"], 2),
     } for r in summary]
-    cols = ["task", "method", "target sparsity", "n", "test accuracy", "weight sparsity",
+    cols = ["task", "method", "target sparsity", "n", "test accuracy", "flag",
+            "removed vs start (weights / params)", "weight sparsity",
             "params (nonzero / total)", "FLOPs (sparse / dense)", "train s"]
     return markdown_table(rows, cols)
 
 
+def chosen_on_validation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every task with a validation twin (TASK:validation): per method and target
+    sparsity, the option label with the best mean validation accuracy, and that label's test
+    row. Test accuracies play no part in the choice."""
+    by_key = {(r["task"], r["label"], r["target"]): r for r in summary}
+    out = []
+    for task in dict.fromkeys(r["task"] for r in summary):
+        if task.endswith(VALIDATION_SUFFIX):
+            continue
+        val_task = task + VALIDATION_SUFFIX
+        groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+        for r in summary:
+            if r["task"] == val_task and (task, r["label"], r["target"]) in by_key:
+                groups.setdefault((r["method"], r["target"]), []).append(r)
+        for (method, target), cands in groups.items():
+            best = max(cands, key=lambda r: (-math.inf if _nan(r["test_accuracy"])
+                                             else r["test_accuracy"]))
+            test = by_key[(task, best["label"], target)]
+            out.append({"task": task, "method": method, "target": target,
+                        "label": best["label"], "options": len(cands),
+                        "val_accuracy": best["test_accuracy"], "row": test})
+    return out
+
+
+def chosen_table(chosen: list[dict[str, Any]]) -> str:
+    """Markdown of `chosen_on_validation`."""
+    rows = [{
+        "task": c["task"], "method": c["method"],
+        "target sparsity": "-" if c["target"] is None else f"{c['target']:.2f}",
+        "chosen (of n options)": f"{c['label']} (of {c['options']})",
+        "validation accuracy": _fmt(c["val_accuracy"]),
+        "test accuracy": f"{_fmt(c['row']['test_accuracy'])} ± "
+                         f"{_fmt(c['row']['test_accuracy_std'])}",
+        "flag": _flag(c["row"]),
+        "removed vs start (weights / params)":
+            f"{_fmt(c['row']['weights_removed_vs_start'], 3)} / "
+            f"{_fmt(c['row'].get('params_removed_vs_start'), 3)}",
+    } for c in chosen]
+    return markdown_table(rows, ["task", "method", "target sparsity", "chosen (of n options)",
+                                 "validation accuracy", "test accuracy", "flag",
+                                 "removed vs start (weights / params)"])
+
+
 def pivot_table(summary: list[dict[str, Any]]) -> str:
-    """Markdown: methods (at each target sparsity) x tasks, cells 'accuracy (sparsity)'."""
+    """Markdown: methods (at each target sparsity) x tasks, cells 'accuracy (weights removed
+    vs the starting network)', flagged rows marked with '!'."""
     tasks = list(dict.fromkeys(r["task"] for r in summary))
     keys = list(dict.fromkeys((r["label"], r["target"]) for r in summary))
     rows = []
@@ -140,14 +224,16 @@ def pivot_table(summary: list[dict[str, Any]]) -> str:
         for t in tasks:
             hit = [r for r in summary if r["task"] == t and (r["label"], r["target"]) ==
                    (label, target)]
-            row[t] = (f"{_fmt(hit[0]['test_accuracy'])} ({_fmt(hit[0]['weight_sparsity'], 2)})"
-                      if hit else "-")
+            row[t] = (f"{_fmt(hit[0]['test_accuracy'])} "
+                      f"({_fmt(hit[0]['weights_removed_vs_start'], 2)})"
+                      + (" **!**" if hit[0].get("flag") else "") if hit else "-")
         rows.append(row)
     return markdown_table(rows, ["method", *tasks])
 
 
 def comparison_figures(summary: list[dict[str, Any]], fig_dir: Path, prefix: str) -> list[Path]:
-    """Accuracy vs achieved weight sparsity per task, and training time per method."""
+    """Accuracy vs the fraction of the starting network's weights removed, per task, and
+    training time per method."""
     if not summary:
         return []
     tasks = list(dict.fromkeys(r["task"] for r in summary))
@@ -156,14 +242,16 @@ def comparison_figures(summary: list[dict[str, Any]], fig_dir: Path, prefix: str
     fig, axes = new_figure(len(tasks))
     for ax, task in zip(axes[0], tasks):
         for m in labels:
-            pts = sorted((r["weight_sparsity"], r["test_accuracy"], r["test_accuracy_std"])
+            pts = sorted((r["weights_removed_vs_start"], r["test_accuracy"],
+                          r["test_accuracy_std"])
                          for r in summary if r["task"] == task and r["label"] == m)
             if pts and all(p[0] < 1e-6 for p in pts):  # dense: a reference line
                 ax.axhline(pts[0][1], color=colors[m], ls="--", label=m)
             elif pts:
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts],
                             marker="o", capsize=3, color=colors[m], label=m)
-        ax.set(title=task, xlabel="weight sparsity (achieved)", ylabel="test accuracy")
+        ax.set(title=task, xlabel="weights removed (vs the starting network)",
+               ylabel="test accuracy")
         ax.legend(fontsize=8)
     paths = [save_figure(fig, fig_dir / f"{prefix}accuracy_vs_sparsity.png")]
     fig, axes = new_figure(len(tasks))
@@ -215,14 +303,33 @@ def database_section(db: Path, out_dir: Path, fig_dir: Path, index: int) -> str:
         lines += [
             "### Method comparison", "",
             "Mean ± sample std over seeds (n runs). *target sparsity* is what the method was "
-            "asked for, *weight sparsity* what it reached (prunable weights set to zero); "
-            "parameters and FLOPs (2 x multiply-accumulates per sample) count nonzero weights "
-            "(sparse) against the dense network; *train s* is the training time of one run "
-            "(for imp, all its rounds).", "",
+            "asked for. *removed vs start* is the fraction of the weights (prunable Linear/"
+            "Conv weights) and of all parameters of the network the run started from that are "
+            "gone at the end: zeroed, or removed with their units by a structured method "
+            "(units, bernoulli), which ends with a smaller network. *weight sparsity* and the "
+            "parameter and FLOP counts (2 x multiply-accumulates per sample; nonzero weights "
+            "against the dense layers) describe the final network itself, so a structured run "
+            "can show weight sparsity 0 after removing most units. *train s* is the training "
+            "time of one run (for imp, all its rounds). Rows of a task named "
+            f"`TASK{VALIDATION_SUFFIX}` are evaluated on a validation split held out of the "
+            "training set (their *test accuracy* column is validation accuracy). **flag**: "
+            f"mean accuracy within {NEAR_CHANCE:.2f} of chance (1 / classes) or more than "
+            f"{100 * BELOW_DENSE:.0f} points below the dense run of the same task; a flagged "
+            "method has collapsed or is badly tuned there, not necessarily bad.", "",
             comparison_table(summary), "",
-            "Test accuracy (achieved weight sparsity), methods x tasks:", "",
+            "Test accuracy (weights removed vs the starting network; **!** = flagged), "
+            "methods x tasks:", "",
             pivot_table(summary), "",
         ]
+        chosen = chosen_on_validation(summary)
+        if chosen:
+            lines += [
+                "### Options chosen on validation", "",
+                "For each task with a validation twin: per method and target sparsity, the "
+                "option setting (label) with the best mean validation accuracy, and its test "
+                "accuracy. The choice reads validation accuracies only.", "",
+                chosen_table(chosen), "",
+            ]
         for p in comparison_figures(summary, fig_dir, f"db{index}_"):
             rel = Path(os.path.relpath(p, out_dir)).as_posix()
             lines += [f"![{p.stem}]({rel})", ""]

@@ -17,6 +17,7 @@ per-parameter tensors (weight masks, scores) the same way. The input model is ne
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from prunelab.masks import (
     CHAIN_PASSTHROUGH,
     CHAIN_POOLS,
     UnitMasks,
+    alive_units,
     sparsity_report,
 )
 
@@ -291,6 +293,49 @@ def fold_means(
     return deltas
 
 
+@torch.no_grad()
+def dead_unit_constants(
+    model: nn.Module, unit_masks: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The post-activation output of each unit False in `unit_masks` when every input it
+    has a nonzero weight from is itself such a unit: a constant, activation(bias + what the
+    removed units of the layer before feed it), computed layer by layer. These are the values
+    `shrink(model, unit_masks, means=...)` folds into the next layers' biases so that removing
+    units with no incoming weights keeps the network's function (ReLU(bias) > 0 still feeds
+    the next layer). Kept units get their value too; it is never used."""
+    check_unit_masks(model, unit_masks)
+    flat = flat_modules(model)
+    out: dict[str, torch.Tensor] = {}
+    prev: UnitLayer | None = None
+    for L in unit_layers(model):
+        w = L.module.weight
+        pre = (L.module.bias.detach().clone() if L.module.bias is not None
+               else torch.zeros(L.units, dtype=w.dtype, device=w.device))
+        if prev is not None and prev.name in unit_masks:
+            removed = ~unit_masks[prev.name].to(w.device)
+            if bool(removed.any()):
+                pre = pre + _bias_delta(prev, removed, out[prev.name]).to(pre)
+        out[L.name] = _constant_through(pre, flat[L.index + 1 : L.point + 1], L.name)
+        prev = L
+    return out
+
+
+def shrink_dead_units(model: nn.Module) -> nn.Sequential:
+    """A physically smaller copy of `model` without the units `masks.alive_units` finds dead
+    (no nonzero incoming weight from a live unit, or no nonzero outgoing weight to one), each
+    removed unit's constant output folded into the next layer's bias (`dead_unit_constants`),
+    so the copy computes what `model` computes. `sparsity_report`'s `params_after_shrink`
+    counts this network. MaskError where a constant cannot be folded exactly (into a padded
+    conv) or a whole layer is dead."""
+    hidden = {L.name for L in unit_layers(model)}
+    masks = {n: m for n, m in alive_units(model).items() if n in hidden and not bool(m.all())}
+    if not masks:
+        return copy.deepcopy(model)
+    full = {L.name: masks.get(L.name, torch.ones(L.units, dtype=torch.bool))
+            for L in unit_layers(model)}
+    return shrink(model, masks, means=dead_unit_constants(model, full))
+
+
 def _new_layer(old: nn.Module, n_out: int, n_in: int, bias: bool) -> nn.Module:
     kw = {"device": old.weight.device, "dtype": old.weight.dtype}
     if isinstance(old, nn.Linear):
@@ -383,6 +428,30 @@ def shrink_tensors(
     return out
 
 
+def _rebuild_optimizer(optimizer: torch.optim.Optimizer,
+                       groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """A new optimizer of `optimizer`'s class over `groups` (which carry every hyper-parameter).
+
+    The constructor gets only the defaults its signature names: a default may be one the class
+    sets itself and refuses as an argument (torch 2.13's AdamW passes
+    `decoupled_weight_decay=True` to Adam and refuses it back); the groups still carry it."""
+    cls = type(optimizer)
+    try:
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: pass every default
+        params = ()
+    any_kw = not params or any(p.kind is p.VAR_KEYWORD for p in params)
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    kwargs = {k: v for k, v in optimizer.defaults.items() if any_kw or k in named}
+    try:
+        new_opt = cls(groups, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot rebuild optimizer {cls.__name__} for the shrunk "
+                          f"model ({exc})") from None
+    new_opt.defaults.update(optimizer.defaults)
+    return new_opt
+
+
 def shrink_with_optimizer(
     model: nn.Module,
     unit_masks: Mapping[str, torch.Tensor],
@@ -412,11 +481,7 @@ def shrink_with_optimizer(
                                   "cannot map its state onto the shrunk model")
             ps.append(new_params[name_of[id(p)]])
         groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
-    try:
-        new_opt = type(optimizer)(groups, **optimizer.defaults)
-    except TypeError as exc:
-        raise ConfigError(f"cannot rebuild optimizer {type(optimizer).__name__} for the shrunk "
-                          f"model ({exc})") from None
+    new_opt = _rebuild_optimizer(optimizer, groups)
     for p, state in optimizer.state.items():
         name = name_of.get(id(p))
         if name is None:

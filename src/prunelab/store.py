@@ -399,4 +399,42 @@ def metrics_from_run_dir(run_dir: str | Path) -> dict[str, Any]:
         sparsity.update(read_json(sp_file).get("global", {}))
     out = {k: final[k] for k in FINAL_KEYS if k in final}
     out.update({k: sparsity[k] for k in SPARSITY_KEYS if k in sparsity})
+    classes = (results.get("dataset") or {}).get("num_classes")
+    if isinstance(classes, int) and classes > 0:
+        out["num_classes"] = classes
+    out.update(start_counts(run_dir, out))
+    return out
+
+
+# State-dict entries of a model that are buffers, not parameters (BatchNorm statistics).
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def start_counts(run_dir: str | Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run removed measured against the network it started from: `weights_at_start`,
+    `params_at_start` and `weights_removed_vs_start` = 1 - nonzero weights now / weights at
+    start (likewise `params_removed_vs_start`). For a run that kept its architecture they equal
+    the weight sparsity and the fraction of zero parameters; for one that removed units
+    physically (shrunk.pt) the counts at start come from its init.pt, since its sparsity
+    report describes the smaller network (all of whose weights may be nonzero)."""
+    run_dir = Path(run_dir)
+    weights0, params0 = metrics.get("weights"), metrics.get("params")
+    init = run_dir / "init.pt"
+    if (run_dir / "shrunk.pt").is_file() and init.is_file():
+        import torch
+
+        try:
+            state = torch.load(init, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DataError(f"cannot read {init} ({type(exc).__name__})") from None
+        weights0 = sum(v.numel() for k, v in state.items()
+                       if k.endswith("weight") and v.dim() >= 2)
+        params0 = sum(v.numel() for k, v in state.items()
+                      if v.is_floating_point() and not k.endswith(_BUFFER_SUFFIXES))
+    out: dict[str, Any] = {}
+    for what, total in (("weights", weights0), ("params", params0)):
+        if total:
+            out[f"{what}_at_start"] = int(total)
+            if metrics.get(f"{what}_nonzero") is not None:
+                out[f"{what}_removed_vs_start"] = 1.0 - metrics[f"{what}_nonzero"] / total
     return out

@@ -16,7 +16,10 @@ Spec keys (all optional except `methods`):
 
     name, description, output, executor (local|ray), workers, threads, ray_address
     base:       RunConfig fields shared by every run (train: {...} merges key by key)
-    tasks:      list of {name, dataset, data_options, data_dir, model, model_options, train}
+    tasks:      list of {name, dataset, data_options, data_dir, model, model_options, train,
+                validation}; `validation: F` adds the task's validation twin NAME:validation
+                (data option validation=F: trained on the rest of the training set, evaluated
+                on the held-out fraction), on which the report chooses each method's options
     datasets:   list of NAME or {name, options, data_dir}   (crossed with `models` when no
     models:     list of NAME or {name, options}              `tasks` are given)
     methods:    list of NAME or {name, label, options, grid: {option: [values]}, sparsities}
@@ -53,7 +56,9 @@ from prunelab.store import Store, machine_info, metrics_from_run_dir
 EXECUTORS = ("local", "ray")
 TOP_KEYS = ("name", "description", "output", "executor", "workers", "threads", "ray_address",
             "base", "tasks", "datasets", "models", "methods", "sparsities", "seeds", "runs")
-TASK_KEYS = ("name", "dataset", "data_options", "data_dir", "model", "model_options", "train")
+TASK_KEYS = ("name", "dataset", "data_options", "data_dir", "model", "model_options", "train",
+             "validation")
+VALIDATION_SUFFIX = ":validation"  # the task label of a task's validation twin
 DATASET_KEYS = ("name", "options", "data_dir")
 MODEL_KEYS = ("name", "options")
 METHOD_KEYS = ("name", "label", "options", "grid", "sparsities")
@@ -227,8 +232,16 @@ def _tasks(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             t = _check_keys(t, TASK_KEYS, f"tasks[{i}]")
             if "dataset" not in t:
                 raise ConfigError(f"tasks[{i}] needs a 'dataset'")
-            partial = {k: v for k, v in t.items() if k != "name"}
-            tasks.append((str(t.get("name") or t["dataset"]), partial))
+            partial = {k: v for k, v in t.items() if k not in ("name", "validation")}
+            name = str(t.get("name") or t["dataset"])
+            tasks.append((name, partial))
+            if t.get("validation") is not None:
+                f = t["validation"]
+                if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+                    raise ConfigError(f"tasks[{i}].validation must be a fraction in (0, 1), "
+                                      f"got {f!r}")
+                twin = _merge(partial, {"data_options": {"validation": float(f)}})
+                tasks.append((name + VALIDATION_SUFFIX, twin))
         return tasks
     datasets = [_named(d, DATASET_KEYS, f"datasets[{i}]")
                 for i, d in enumerate(_as_list(data.get("datasets"), "datasets"))]
@@ -893,7 +906,8 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     done = [dict(r, sparsity=_nan_none(r.get("sparsity"))) for r in rows
             if r["status"] == "done"]
     return aggregate(done, ["task", "label", "sparsity"],
-                     ["test_accuracy", "weight_sparsity", "params_nonzero", "train_seconds"])
+                     ["test_accuracy", "weight_sparsity", "weights_removed_vs_start",
+                      "params_nonzero", "train_seconds"])
 
 
 def _nan_none(v: Any) -> Any:

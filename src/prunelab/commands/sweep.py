@@ -28,7 +28,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     summary = summary_rows(result.rows)
     if summary:
         print(text_table(summary, ["task", "label", "sparsity", "n", "test_accuracy",
-                                   "test_accuracy_std", "weight_sparsity", "train_seconds"]))
+                                   "test_accuracy_std", "weight_sparsity",
+                                   "weights_removed_vs_start", "train_seconds"]))
     print(f"{result.total} run(s): {result.skipped} already done, {result.recovered} recovered, "
           f"{len(result.executed)} run now, {len(result.failed)} failed "
           f"({result.seconds:.1f} s)")

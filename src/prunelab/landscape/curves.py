@@ -37,6 +37,7 @@ from prunelab.landscape.paths import (
     PathResult,
     check_endpoints,
     endpoint_masks,
+    float_dtype,
     load_endpoint,
     resolve_model,
 )
@@ -115,9 +116,10 @@ class BezierCurve(nn.Module):
         for c in control:
             if c.shape != (dim,):
                 raise ConfigError(f"control points must be flat vectors of length {dim}")
-        self.register_buffer("start", control[0].detach().float().clone())
-        self.register_buffer("end", control[-1].detach().float().clone())
-        flat_mask = torch.ones(dim)
+        dtype = float_dtype(control)  # the models' precision (float64 stays float64)
+        self.register_buffer("start", control[0].detach().to(dtype).clone())
+        self.register_buffer("end", control[-1].detach().to(dtype).clone())
+        flat_mask = torch.ones(dim, dtype=dtype)
         if subspace == "sparse":
             offsets = dict(zip(self.names, self._offsets()))
             for name, m in self.masks.items():
@@ -127,10 +129,10 @@ class BezierCurve(nn.Module):
                 if tuple(m.shape) != shape:
                     raise MaskError(f"mask for '{name}' has shape {tuple(m.shape)}, the "
                                     f"parameter has {shape}")
-                flat_mask[lo:lo + size] = m.reshape(-1).float()
+                flat_mask[lo:lo + size] = m.reshape(-1).to(dtype)
         self.register_buffer("flat_mask", flat_mask)
         self.inner = nn.ParameterList(
-            [nn.Parameter(c.detach().float().clone() * flat_mask) for c in control[1:-1]]
+            [nn.Parameter(c.detach().to(dtype).clone() * flat_mask) for c in control[1:-1]]
         )
 
     def _offsets(self) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -167,8 +169,9 @@ class BezierCurve(nn.Module):
         check_endpoints(model, [end_a, end_b])
         names = [n for n, _ in model.named_parameters()]
         shapes = [tuple(p.shape) for _, p in model.named_parameters()]
-        flat_a = torch.cat([end_a.state[n].detach().float().reshape(-1) for n in names])
-        flat_b = torch.cat([end_b.state[n].detach().float().reshape(-1) for n in names])
+        dtype = float_dtype(model.parameters())
+        flat_a = torch.cat([end_a.state[n].detach().to(dtype).reshape(-1) for n in names])
+        flat_b = torch.cat([end_b.state[n].detach().to(dtype).reshape(-1) for n in names])
         control = [flat_a + (j / degree) * (flat_b - flat_a) for j in range(1, degree)]
         control = [flat_a, *control, flat_b]
         masks, mode = None, None
@@ -249,7 +252,8 @@ class BezierCurve(nn.Module):
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise DataError(f"{path} is not a prunelab Bezier curve file")
         names = blob["names"]
-        control = [torch.cat([cp[n].float().reshape(-1) for n in names])
+        dtype = float_dtype([cp[n] for cp in blob["control_points"] for n in names])
+        control = [torch.cat([cp[n].to(dtype).reshape(-1) for n in names])
                    for cp in blob["control_points"]]
         return cls(names, blob["shapes"], control, subspace=blob["subspace"],
                    masks=blob["masks"], mask_mode=blob["mask_mode"], buffers=blob["buffers"])
@@ -316,6 +320,8 @@ def train_curve(
         for b in range(steps):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
+            if xb.is_floating_point():
+                xb = xb.to(curve.start.dtype)
             t = float(torch.rand((), generator=gen))
             flat = curve.flat_at(t)
             out = functional_call(net, (curve.unflatten(flat), buffers), (xb,))
@@ -367,7 +373,7 @@ def evaluate_curve(
                               points_per_batch=points_per_batch, bn=bn, bn_samples=bn_samples,
                               device=curve.start.device)
     check_endpoints(evaluator.model, [Endpoint(control[0], name="the curve")])
-    metrics = evaluator.evaluate(bernstein(curve.degree, ts).float(), data, splits)
+    metrics = evaluator.evaluate(bernstein(curve.degree, ts), data, splits)
     return PathResult(ts, metrics, f"bezier-{curve.degree}-{curve.subspace}",
                       {"degree": curve.degree, "subspace": curve.subspace,
                        "mask_mode": curve.mask_mode})

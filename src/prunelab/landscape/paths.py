@@ -231,6 +231,16 @@ class PathResult:
 # ----------------------------------------------------------------------------- the engine
 
 
+def float_dtype(tensors: Sequence[torch.Tensor] | Any) -> torch.dtype:
+    """The floating dtype all of `tensors`' floating ones promote to (float32 when there are
+    none): paths and curves compute in the models' own precision."""
+    dtype = None
+    for t in tensors:
+        if t.is_floating_point():
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return dtype or torch.float32
+
+
 def _split_data(data: DataLike,
                 splits: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     if isinstance(data, DataSource):  # held in memory: a streamed split only when asked for
@@ -264,7 +274,8 @@ def _first_layer_split(model: nn.Module):
 
 class PathEvaluator:
     """Evaluates phi = sum_j c_j theta_j for many coefficient rows c at once on a private copy
-    of `model` (eval mode), in chunks of `batch_size` samples and `points_per_batch` points."""
+    of `model` (eval mode), in chunks of `batch_size` samples and `points_per_batch` points, in
+    the model's floating dtype (floating inputs are cast to it batch by batch)."""
 
     def __init__(
         self,
@@ -292,6 +303,7 @@ class PathEvaluator:
             device = first.device if first is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.model = copy.deepcopy(model).to(self.device).eval()
+        self.dtype = float_dtype(self.model.parameters())
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.loss_fn = loss_fn or F.cross_entropy
@@ -307,7 +319,7 @@ class PathEvaluator:
         self.fixed_buffers = {n: control[0].get(n, b).to(self.device)
                               for n, b in buffers.items() if n not in self.float_buffers}
         names = self.param_names + self.float_buffers
-        self.stacked = {n: torch.stack([c[n].detach().to(self.device, torch.float32)
+        self.stacked = {n: torch.stack([c[n].detach().to(self.device, self.dtype)
                                         if c[n].is_floating_point() else c[n].to(self.device)
                                         for c in control]) for n in names}
         self.split = _first_layer_split(self.model) if fast_first_layer else None
@@ -315,7 +327,7 @@ class PathEvaluator:
     def combine(self, coeffs: torch.Tensor, names: Sequence[str] | None = None) -> Params:
         """Stacked parameters {name: (P, *shape)} for coefficient rows `coeffs` (P, J)."""
         names = list(self.stacked) if names is None else names
-        c = coeffs.to(self.device, torch.float32)
+        c = coeffs.to(self.device, self.dtype)
         return {n: torch.tensordot(c, self.stacked[n], dims=([1], [0])) for n in names}
 
     @torch.no_grad()
@@ -325,7 +337,7 @@ class PathEvaluator:
                  ) -> dict[str, dict[str, list[float]]]:
         """Mean loss and accuracy at each coefficient row, per split, accumulated over sample
         chunks in the same order as `prunelab.train.evaluate`."""
-        coeffs = torch.as_tensor(coeffs, dtype=torch.float32)
+        coeffs = torch.as_tensor(coeffs, dtype=torch.float64)
         if coeffs.dim() != 2 or coeffs.shape[1] != next(iter(self.stacked.values())).shape[0]:
             raise ConfigError(f"coefficients must have shape (points, {len(self.stacked)}) ")
         table = _split_data(data, splits)
@@ -350,7 +362,7 @@ class PathEvaluator:
             totals = [0.0] * coeffs.shape[0]
             correct = [0] * coeffs.shape[0]
             for i in range(0, x.shape[0], self.batch_size):
-                xb = x[i:i + self.batch_size].to(self.device)
+                xb = self._inputs(x[i:i + self.batch_size])
                 yb = y[i:i + self.batch_size].to(self.device)
                 pos = 0
                 if self.split is not None:
@@ -370,6 +382,11 @@ class PathEvaluator:
             out[split] = {"loss": [v / n for v in totals], "accuracy": [v / n for v in correct]}
         return out
 
+    def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
+        if xb.is_floating_point():
+            return xb.to(self.device, self.dtype)
+        return xb.to(self.device)
+
     def _first_layer_outputs(self, xb: torch.Tensor) -> torch.Tensor:
         prefix, first_name, first, _ = self.split
         h = prefix(xb)
@@ -381,7 +398,8 @@ class PathEvaluator:
 
     def _forward_rest(self, coeffs: torch.Tensor, z: torch.Tensor, params: Params) -> torch.Tensor:
         _, _, _, rest = self.split
-        mixed = torch.tensordot(coeffs.to(self.device), z, dims=([1], [0]))  # (P, n, ...)
+        mixed = torch.tensordot(coeffs.to(self.device, self.dtype), z,
+                                dims=([1], [0]))  # (P, n, ...)
         return vmap(lambda p, h: functional_call(rest, p, (h,)))(params, mixed)
 
     def _forward_full(self, params: Params, xb: torch.Tensor) -> torch.Tensor:
@@ -411,9 +429,10 @@ class PathEvaluator:
                 m.momentum = None  # cumulative average over the batches seen
             scratch.train()
             for i in range(0, x_bn.shape[0], self.batch_size):
-                scratch(x_bn[i:i + self.batch_size].to(self.device))
+                scratch(self._inputs(x_bn[i:i + self.batch_size]))
             scratch.eval()
             for s, (x, y) in table.items():
+                x = x.to(self.dtype) if x.is_floating_point() else x
                 ev = evaluate(scratch, x, y, self.batch_size, self.loss_fn)
                 out[s]["loss"].append(ev["loss"])
                 out[s]["accuracy"].append(ev["accuracy"])
@@ -476,7 +495,7 @@ def interpolate(
                               bn_samples=bn_samples, fast_first_layer=fast_first_layer,
                               device=device)
     t = torch.tensor(ts, dtype=torch.float64)
-    coeffs = torch.stack([1.0 - t, t], dim=1).float()
+    coeffs = torch.stack([1.0 - t, t], dim=1)
     metrics = evaluator.evaluate(coeffs, data, splits)
     return PathResult(list(ts), metrics, "line",
                       {"a": end_a.name, "b": end_b.name, "bn": bn,
