@@ -128,6 +128,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.train = TrainConfig(**{**cfg.train.__dict__, **_train_overrides(args)}).validate()
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
     _refuse_existing(out, args.overwrite)
+    from prunelab import dist
+
+    if dist.launched():  # started by torchrun: one data-parallel run over its processes
+        return _train_distributed(cfg, out, args)
     if cfg.method == "imp":
         from prunelab.methods.lottery import IMPConfig, run_imp, summarize
 
@@ -138,12 +142,39 @@ def cmd_train(args: argparse.Namespace) -> int:
         from prunelab.train import run
 
         result = run(cfg, out, progress=_progress(args))
-        row = {"method": cfg.method, "test_accuracy": result.final["test_accuracy"],
-               "test_loss": result.final["test_loss"],
-               "weight_sparsity": result.sparsity["global"]["weight_sparsity"],
-               "seconds": result.final["train_seconds"]}
-        _print_table([row], list(row))
+        _print_table([_result_row(cfg, result)], ["method", "test_accuracy", "test_loss",
+                                                  "weight_sparsity", "seconds"])
     print(f"wrote {out}")
+    return 0
+
+
+def _result_row(cfg, result) -> dict[str, Any]:
+    return {"method": cfg.method, "test_accuracy": result.final.get("test_accuracy"),
+            "test_loss": result.final.get("test_loss"),
+            "weight_sparsity": result.sparsity["global"]["weight_sparsity"],
+            "seconds": result.final["train_seconds"]}
+
+
+def _train_distributed(cfg, out: Path, args: argparse.Namespace) -> int:
+    """One run over torchrun's processes (DistributedDataParallel; gloo on the CPU): rank 0
+    prints and writes, the others train their share of every batch."""
+    from prunelab import dist
+    from prunelab.train import resolve_device, run
+
+    if cfg.method == "imp":
+        raise PrunelabError("method 'imp' is not supported under torchrun yet; run it in one "
+                            "process (each level is a full training run)")
+    platform = dist.detect(resolve_device(cfg.train.device))
+    try:
+        result = run(cfg, out, progress=_progress(args) and platform.is_primary,
+                     platform=platform)
+        platform.barrier()
+    finally:
+        platform.shutdown()
+    if platform.is_primary:
+        _print_table([_result_row(cfg, result)], ["method", "test_accuracy", "test_loss",
+                                                  "weight_sparsity", "seconds"])
+        print(f"wrote {out} ({platform.world_size} processes, {platform.backend})")
     return 0
 
 

@@ -9,6 +9,16 @@ Data is any source (`prunelab.data.DataSource`): an in-memory `Dataset` is serve
 moved to the device once (the fast path); a streaming source's batches are moved per step.
 Precision `bf16`/`fp16` runs the forward pass and loss under `torch.autocast` (weights, masks,
 gradients and optimizer state stay float32); `fp16` adds a GradScaler and needs CUDA.
+
+Several processes (`platform`, from `prunelab.dist.detect` under torchrun): data-parallel
+training with DistributedDataParallel. `batch_size` stays the global batch: each of the W ranks
+takes positions rank::W of every batch of the single-process order, and its loss is weighted
+by its share of the batch, so the averaged gradient is exactly the single-process one (up to
+float rounding of the all-reduce). Rank 0 alone evaluates and writes; masks are computed on
+every rank from the synchronised weights and checked equal after every epoch. BatchNorm keeps
+per-rank batch statistics (as DistributedDataParallel does by default), so BatchNorm networks
+match a single process in distribution, not bit for bit; and methods that change the
+network's shape during training (`units`, `bernoulli`) are refused under DDP.
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ from torch.nn import functional as F
 from prunelab import atomic
 from prunelab.config import RunConfig, TrainConfig, save_config
 from prunelab.data import Dataset, DataSource, as_source, load_dataset
-from prunelab.data.source import Batch, EpochOrder, derive_seed, tensor_batches
+from prunelab.data.source import Batch, EpochOrder, derive_seed, shard, tensor_batches
+from prunelab.dist import Platform
 from prunelab.errors import ConfigError
 from prunelab.masks import apply_masks, save_masks, sparsity_report
 from prunelab.methods import PruningMethod, TrainContext, build_method
@@ -130,6 +141,25 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr_gamma ** sum(frac >= m for m in milestones)
 
 
+def _rank_local_buffers() -> dict[str, bool]:
+    """DDP's option for rank-local BatchNorm statistics (no sync at each forward), under the
+    name this torch version uses."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in names else \
+        {"broadcast_buffers": False}
+
+
+@torch.no_grad()
+def _broadcast_state(model: nn.Module) -> None:
+    """Rank 0's parameters and buffers to every rank (the process group must exist)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        torch.distributed.broadcast(t.data, src=0)
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -172,11 +202,17 @@ class Trainer:
         progress: bool | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         log: Callable[[str], None] | None = None,
+        platform: Platform | None = None,
     ):
         self.config = (config or TrainConfig()).validate()
         self.device = resolve_device(self.config.device)
         self.data = as_source(data)
         self.method = method or PruningMethod()
+        self.platform = platform or Platform(device=self.device)
+        if self.platform.distributed:
+            self._check_distributed()
+            if self.device.type == "cuda":
+                self.device = self.platform.device  # one GPU per local rank
         autocast(self.device, self.config.precision)  # refuses fp16 off CUDA, before any work
         if self.config.precision == "fp16" and not getattr(self.method, "loss_scaling_ok", True):
             raise ConfigError(f"method '{self.method.name}' reads gradients outside the "
@@ -186,28 +222,50 @@ class Trainer:
             self.model = model.to(self.device, memory_format=torch.channels_last)
         else:
             self.model = model.to(self.device)
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        primary = self.platform.is_primary
+        self.out_dir = Path(out_dir) if out_dir is not None and primary else None
+        self.progress = primary and (sys.stderr.isatty() if progress is None else progress)
         self.loss_fn = loss_fn or F.cross_entropy
-        self.log = log
+        self.log = log if primary else None
+
+    def _check_distributed(self) -> None:
+        """What data-parallel training cannot do, refused in one line before any work."""
+        world, cfg = self.platform.world_size, self.config
+        if not getattr(self.method, "ddp_ok", True):
+            raise ConfigError(f"method '{self.method.name}' changes the network's shape during "
+                              "training, which data-parallel training cannot follow; run it in "
+                              "one process")
+        if cfg.batch_size % world:
+            raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the "
+                              f"{world} processes (each takes an equal share of a batch)")
+        last = self.data.n_train - (self.data.steps_per_epoch(cfg.batch_size) - 1) * \
+            cfg.batch_size
+        if last < world:
+            raise ConfigError(f"the last batch of each epoch has {last} sample(s), fewer than "
+                              f"the {world} processes; choose a batch size that leaves at least "
+                              f"{world} (n_train {self.data.n_train})")
 
     def _feed(self) -> Callable[[int], Iterator[Batch]]:
         """epoch -> that epoch's training batches on the device. An in-memory Dataset is moved
         to the device once and gathered there; a streaming source's batches are moved one by
         one (asynchronously from pinned memory on CUDA)."""
         data, cfg, device = self.data, self.config, self.device
+        rank, world = self.platform.rank, self.platform.world_size
+        batch_size = cfg.batch_size // world  # this rank's share of each batch
         if isinstance(data, Dataset):
             x, y = data.x_train.to(device), data.y_train.to(device)
             order_of = EpochOrder(data.n_train, cfg.seed)
 
             def in_memory(epoch: int) -> Iterator[Batch]:
-                return tensor_batches(x, y, order_of(epoch).to(device), cfg.batch_size,
-                                      data.augment, derive_seed(cfg.seed, epoch, "augment"))
+                order = shard(order_of(epoch), rank, world).to(device)
+                return tensor_batches(x, y, order, batch_size, data.augment,
+                                      derive_seed(cfg.seed, epoch, "augment"))
             return in_memory
         non_blocking = device.type == "cuda"
 
         def streamed(epoch: int) -> Iterator[Batch]:
-            for xb, yb in data.train_batches(epoch, cfg.batch_size, cfg.seed):
+            for xb, yb in data.train_batches(epoch, batch_size, cfg.seed, rank=rank,
+                                             world=world):
                 yield xb.to(device, non_blocking=non_blocking), \
                     yb.to(device, non_blocking=non_blocking)
         return streamed
@@ -222,8 +280,21 @@ class Trainer:
         optimizer = make_optimizer(model, cfg)
         ctx = TrainContext(model, optimizer, steps_per_epoch, total_steps, epochs, self.device,
                            data)
+        platform = self.platform
+        if platform.distributed:  # every rank starts from rank 0's weights
+            _broadcast_state(model)
         initial_state = _snapshot(model)
         self.method.attach(ctx)
+        forward_model: nn.Module = model
+        if platform.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward_model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **_rank_local_buffers())
+            if self.method.masks is not None:
+                platform.verify_equal("masks", self.method.masks)
+        n_train, world = data.n_train, platform.world_size
         feed = self._feed()
         cast = autocast(self.device, cfg.precision)
         scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
@@ -246,15 +317,19 @@ class Trainer:
         # units), so both are read back from the context after every hook.
         for epoch in range(1, epochs + 1):
             running, seen = torch.zeros((), device=self.device), 0
-            for xb, yb in feed(epoch):
+            for b, (xb, yb) in enumerate(feed(epoch)):
                 if channels_last and xb.dim() == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
                 with cast:
-                    loss = self.method.batch_loss(model, xb, yb, self.loss_fn)
+                    loss = self.method.batch_loss(forward_model, xb, yb, self.loss_fn)
+                scaled = loss
+                if world > 1:  # this rank's share of the batch's mean (DDP averages over ranks)
+                    in_batch = min(cfg.batch_size, n_train - b * cfg.batch_size)
+                    scaled = loss * (xb.shape[0] * world / in_batch)
                 penalty = self.method.penalty(model)
-                total = loss if penalty is None else loss + penalty
+                total = scaled if penalty is None else scaled + penalty
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     total.backward()
@@ -278,6 +353,13 @@ class Trainer:
             self.method.after_epoch(epoch)
             model = self.model = ctx.model
             optimizer = ctx.optimizer
+            if platform.distributed:
+                totals = torch.stack([running.double().cpu(), torch.tensor(float(seen),
+                                                                            dtype=torch.float64)])
+                platform.all_reduce(totals)
+                running, seen = totals[0], int(totals[1])
+                if self.method.masks is not None:
+                    platform.verify_equal("masks", self.method.masks)
             epoch_loss = float(running) / max(seen, 1)
             if not math.isfinite(epoch_loss):
                 raise ConfigError(f"training diverged (loss {epoch_loss}) in epoch {epoch}; "
@@ -314,6 +396,9 @@ class Trainer:
     def _epoch_metrics(self, epoch: int, step: int, train_loss: float, seconds: float) -> dict:
         row: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": train_loss}
         cfg = self.config
+        if not self.platform.is_primary:  # rank 0 evaluates and writes
+            row["seconds"] = seconds
+            return row
         if cfg.eval_train:
             ev = evaluate(self.model, self.data, None, cfg.eval_batch_size, self.loss_fn,
                           split="train", precision=cfg.precision)
@@ -391,19 +476,24 @@ def run(
     initial_state: dict[str, torch.Tensor] | None = None,
     extra_results: dict[str, Any] | None = None,
     architecture: list[dict[str, Any]] | None = None,
+    platform: Platform | None = None,
 ) -> TrainResult:
     """Train one run config end to end. With `out_dir`, everything is written to a staging
     directory renamed into place only on success, ending with results.json. `architecture`
     (`prunelab.shrink.architecture` of a shrunk network) replaces the config's model by that
-    chain, freshly initialised with the run's init seed; the run then also saves shrunk.pt."""
+    chain, freshly initialised with the run's init seed; the run then also saves shrunk.pt.
+    `platform` (`prunelab.dist.detect()` under torchrun): data-parallel over its processes,
+    rank 0 writing."""
     data, model, method = prepare(cfg, data, method, architecture)
     if initial_state is not None:
         model.load_state_dict(initial_state)
-    if out_dir is None:
-        return Trainer(model, data, cfg.train, method, progress=progress).fit()
+    if out_dir is None or (platform is not None and not platform.is_primary):
+        return Trainer(model, data, cfg.train, method, progress=progress,
+                       platform=platform).fit()
     with atomic.staged_directory(out_dir) as stage:
         save_config(stage / "config.yaml", cfg)
-        trainer = Trainer(model, data, cfg.train, method, out_dir=stage, progress=progress)
+        trainer = Trainer(model, data, cfg.train, method, out_dir=stage, progress=progress,
+                          platform=platform)
         result = trainer.fit()
         if architecture is not None and not (stage / "shrunk.pt").exists():
             # weights.pt fits this chain, not the config's model: load_run reads shrunk.pt

@@ -42,6 +42,9 @@ class PruningMethod:
     # False for methods that read gradients outside the optimizer (backward hooks, gates
     # updated after the step), which fp16's loss scaling would leave scaled: fp16 is refused.
     loss_scaling_ok = True
+    # False for methods that change the network's shape during training (units removed
+    # physically): data-parallel training (DDP) cannot follow them and refuses them.
+    ddp_ok = True
 
     def attach(self, ctx: TrainContext) -> None:
         self.ctx = ctx

@@ -270,6 +270,7 @@ class BernoulliGating(PruningMethod):
 
     name = "bernoulli"
     loss_scaling_ok = False  # gate gradients are read after the step, outside the optimizer
+    ddp_ok = False  # removes units physically mid-training
 
     def __post_init__(self) -> None:
         _choice("estimator", self.estimator, ESTIMATORS)

@@ -136,6 +136,7 @@ class UnitPruning(MaskedMethod):
 
     name = "units"
     loss_scaling_ok = False  # the MRS collector reads activation gradients in backward hooks
+    ddp_ok = False  # removes units physically mid-training
 
     def __post_init__(self) -> None:
         if self.count is not None:
