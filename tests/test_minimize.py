@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, MaskError
 from prunelab.landscape.minimize import converge
 
 
@@ -132,7 +132,7 @@ def test_bad_input():
         converge(model, x, y, tol=0)
     with pytest.raises(ConfigError, match="lr_fraction must be in"):
         converge(model, x, y, lr_fraction=2.0)
-    with pytest.raises(ConfigError, match="mask for 'nope' matches no parameter"):
+    with pytest.raises(MaskError, match="mask for 'nope' matches no parameter"):
         converge(model, x, y, masks={"nope": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ConfigError, match="same positive number of samples"):
         converge(model, x, y[:5])

@@ -475,6 +475,14 @@ _CLUSTER_COLUMNS = ["k", "params", "converged", "gd_steps", "newton_steps", "gra
                     "top_eigs", "near_zero", "G_vs_H_fro", "G_vs_H_max_rel", "stop"]
 
 
+def _sci(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with the small positive numbers (gradient norms, losses, kink distances, bulk
+    edges) in scientific notation, which a fixed 4-decimal table would show as 0."""
+    keys = ("grad_norm", "loss", "kink_distance", "bulk_edge")
+    return [{k: (f"{v:.2e}" if k in keys and isinstance(v, float) else v)
+             for k, v in row.items()} for row in rows]
+
+
 def _report(r: dict[str, Any]) -> str:
     s = r["settings"]
     lines = [
@@ -504,7 +512,7 @@ def _report(r: dict[str, Any]) -> str:
         "",
         "## A/D. Clusters: outliers, and G vs H",
         "",
-        markdown_table(r["clusters"], _CLUSTER_COLUMNS),
+        markdown_table(_sci(r["clusters"]), _CLUSTER_COLUMNS),
         "",
         "![spectra](figures/spectra_by_k.png)",
         "",
@@ -513,7 +521,7 @@ def _report(r: dict[str, Any]) -> str:
         "The same protocol with a smooth activation, whose loss is twice differentiable "
         "everywhere, so a vanishing gradient can be reached.",
         "",
-        markdown_table(r["clusters_softplus"], _CLUSTER_COLUMNS),
+        markdown_table(_sci(r["clusters_softplus"]), _CLUSTER_COLUMNS),
         "",
         "![spectra softplus](figures/spectra_by_k_softplus.png)",
         "",
@@ -556,7 +564,7 @@ def _report(r: dict[str, Any]) -> str:
         lines += [f"Skipped: {m['skipped']}. Set $PRUNELAB_DATA to a directory holding "
                   "mnist/ (or run `prunelab data download mnist`).", ""]
     else:
-        lines += [markdown_table(m["rows"], ["width", "params", "converged", "gd_steps",
+        lines += [markdown_table(_sci(m["rows"]), ["width", "params", "converged", "gd_steps",
                                              "lbfgs_steps", "loss", "grad_norm", "outliers",
                                              "bulk_edge", "saturated", "outliers_gap_rule",
                                              "top5", "products"]),

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunelab.errors import ConfigError, check_range
+from prunelab.errors import ConfigError, MaskError, check_range
 from prunelab.landscape.hessian import DEFAULT_MAX_BYTES
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -99,10 +99,10 @@ class _FullBatch:
         self.masks: dict[str, torch.Tensor] = {}
         for name, m in (masks or {}).items():
             if name not in named:
-                raise ConfigError(f"mask for '{name}' matches no parameter of the model")
+                raise MaskError(f"mask for '{name}' matches no parameter of the model")
             p = named[name]
             if tuple(m.shape) != tuple(p.shape):
-                raise ConfigError(f"mask for '{name}' has shape {tuple(m.shape)}, the "
+                raise MaskError(f"mask for '{name}' has shape {tuple(m.shape)}, the "
                                   f"parameter has {tuple(p.shape)}")
             keep = m.to(p.device, torch.bool)
             with torch.no_grad():
