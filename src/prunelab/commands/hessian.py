@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default="final", help="weights to analyse: final, init, "
                    "epochK or stepK")
     p.add_argument("--float64", action="store_true", help="products in float64")
+    p.add_argument("--outlier-rule", default="bulk-edge", help="how outliers are counted: "
+                   "bulk-edge (beyond the bulk's fence Q90 + 3 (Q90 - Q50); needs --exact or "
+                   "--density) or largest-gap (the earlier rule: above the widest log-gap)")
     p.add_argument("--tol", type=float, default=1e-6, help="Lanczos relative tolerance")
     p.add_argument("--lanczos-steps", type=int, default=80, help="steps per SLQ run")
     p.add_argument("--vectors", type=int, default=4, help="SLQ runs (random start vectors)")
@@ -50,25 +53,40 @@ def _analyse(op, args: argparse.Namespace, top_k: int | None) -> dict[str, Any]:
     from prunelab.landscape import spectrum as S
 
     out: dict[str, Any] = {}
+    rule = args.outlier_rule
+    density = None
+    if args.density:
+        density = S.spectral_density(op, n_steps=args.lanczos_steps, n_vectors=args.vectors,
+                                     seed=args.seed)
+        out["density"] = density
+    ev = None
     if args.exact:
         res = S.exact_eigenvalues(op)
         ev = res.values
-        out["exact"] = {**res.to_dict(), "outliers": S.count_outliers(ev).to_dict()
-                        if ev.size >= 2 else None,
+        enough = ev.size >= (10 if rule == "bulk-edge" else 2)
+        out["exact"] = {**res.to_dict(),
+                        "outliers": S.count_outliers(ev, rule=rule).to_dict() if enough
+                        else None,
                         "near_zero_fraction": S.near_zero_fraction(ev),
                         "negative_fraction": float((ev < 0).mean()),
                         "trace": float(ev.sum())}
     if top_k:
         res = S.top_eigenvalues(op, top_k, tol=args.tol, seed=args.seed)
         out["top_k"] = res.to_dict()
-        if top_k >= 2:
-            out["top_k"]["outliers"] = S.count_outliers(res.values).to_dict()
+        if rule == "largest-gap" and top_k >= 2:
+            out["top_k"]["outliers"] = S.count_outliers(res.values, rule=rule).to_dict()
+        elif rule == "bulk-edge" and (density is not None or ev is not None):
+            # the bulk edge needs the bulk: from the exact spectrum, else from the density
+            edge_from = {"density": density} if ev is None else {}
+            counted = S.count_outliers(res.values if ev is None else ev, **edge_from)
+            out["top_k"]["outliers"] = counted.to_dict()
+        elif rule == "bulk-edge":
+            out["top_k"]["outliers"] = None
+            out["top_k"]["outliers_note"] = ("the bulk-edge rule needs the bulk: add --density "
+                                             "(or --exact), or use --outlier-rule largest-gap")
     if args.bottom_k:
         out["bottom_k"] = S.bottom_eigenvalues(op, args.bottom_k, tol=args.tol,
                                                seed=args.seed).to_dict()
-    if args.density:
-        out["density"] = S.spectral_density(op, n_steps=args.lanczos_steps,
-                                            n_vectors=args.vectors, seed=args.seed)
     if args.trace:
         out["trace"] = S.hutchpp_trace(op, args.trace_products, seed=args.seed).to_dict()
     return out
@@ -109,9 +127,13 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     from prunelab.data import load_dataset, sample, split_tensors
     from prunelab.errors import ConfigError, MaskError, check_range
     from prunelab.landscape.hessian import SUBSPACES, HessianOperator
+    from prunelab.landscape.spectrum import OUTLIER_RULES
     from prunelab.report import text_table
     from prunelab.runs import load_run
 
+    if args.outlier_rule not in OUTLIER_RULES:
+        raise ConfigError(f"--outlier-rule must be one of {', '.join(OUTLIER_RULES)}; got "
+                          f"'{args.outlier_rule}'")
     if args.subspace not in SUBSPACES:
         raise ConfigError(f"--subspace must be one of {', '.join(SUBSPACES)}; got "
                           f"'{args.subspace}'")

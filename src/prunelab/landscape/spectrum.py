@@ -6,7 +6,8 @@ and the number of outliers above the bulk.
 - density: stochastic Lanczos quadrature (several Lanczos runs from random Rademacher vectors,
   run side by side so each step is one batched product; full reorthogonalisation);
 - trace: Hutchinson and Hutch++ (Meyer, Musco, Musco, Woodruff 2021);
-- outliers: the largest gap, on a log scale, among the top eigenvalues above the bulk.
+- outliers: the eigenvalues beyond the bulk's upper fence Q90 + 3 (Q90 - Q50) of the spectral
+  distribution (`count_outliers`; the earlier largest-log-gap rule is kept by name).
 """
 
 from __future__ import annotations
@@ -307,28 +308,115 @@ def hutchpp_trace(op: HessianOperator, n_products: int = 48, *, seed: int = 0,
 # ----------------------------------------------------------------------------- outliers
 
 
+OUTLIER_RULES = ("bulk-edge", "largest-gap")
+
+
 @dataclass
 class OutlierCount:
-    """How many eigenvalues stand above the bulk, and how clearly (the gap as a ratio)."""
+    """How many eigenvalues stand above the bulk, and how clearly.
+
+    bulk-edge rule: `bulk_edge` is the fence the outliers exceed and `gap_ratio` the smallest
+    outlier over the fence (the largest eigenvalue over the fence when there is none).
+    largest-gap rule: `bulk_edge` is the largest eigenvalue below the gap and `gap_ratio` the
+    gap. `saturated`: every eigenvalue given is an outlier, so a partial (top-k) list may hold
+    fewer than there are.
+    """
 
     n_outliers: int
     gap_ratio: float
     bulk_edge: float
     top: list[float]
+    rule: str = "largest-gap"
+    saturated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_outliers": self.n_outliers, "gap_ratio": self.gap_ratio,
-                "bulk_edge": self.bulk_edge, "top": self.top}
+                "bulk_edge": self.bulk_edge, "top": self.top, "rule": self.rule,
+                "saturated": self.saturated}
 
 
-def count_outliers(eigenvalues: np.ndarray | list[float], *, rel_floor: float = 1e-3,
+def _weighted_quantiles(values: np.ndarray, weights: np.ndarray,
+                        qs: tuple[float, ...]) -> list[float]:
+    order = np.argsort(values)
+    v, w = values[order], weights[order]
+    cum = np.cumsum(w) / w.sum()
+    return [float(v[min(int(np.searchsorted(cum, q)), v.size - 1)]) for q in qs]
+
+
+def bulk_edge(eigenvalues: np.ndarray | list[float] | None = None, *,
+              density: SpectralDensity | None = None, quantile: float = 0.9,
+              fence: float = 3.0) -> float:
+    """The upper fence of the bulk, Q_q + fence * (Q_q - Q_0.5), from quantiles of the
+    spectral distribution: the eigenvalues (the whole spectrum, equally weighted) or, for
+    operators too large for that, the quadrature of a stochastic Lanczos density.
+
+    A Tukey-style fence on the bulk's own spread, so it needs fewer than 1 - q of the
+    eigenvalues to be outliers. q = 0.9 and fence = 3 were chosen on constructed spectra
+    (Marchenko-Pastur, rank-deficient Wishart plus noise, and exponential bulks with planted
+    spikes; see docs/hessian.md), not on the measured Hessians.
+    """
+    check_range("quantile", quantile, 0.5, 1.0, low_inclusive=False, high_inclusive=False)
+    check_range("fence", fence, 0.0)
+    if density is not None:
+        nodes = np.concatenate(density.nodes)
+        weights = np.concatenate([w / len(density.weights) for w in density.weights])
+        q_mid, q_hi = _weighted_quantiles(nodes, weights, (0.5, quantile))
+    else:
+        lam = np.asarray(eigenvalues, dtype=np.float64).reshape(-1)
+        if lam.size < 10:
+            raise ConfigError(f"the bulk edge needs the whole spectrum (at least 10 "
+                              f"eigenvalues) or a spectral density; got {lam.size} values")
+        q_mid, q_hi = (float(v) for v in np.quantile(lam, (0.5, quantile)))
+    return q_hi + fence * (q_hi - q_mid)
+
+
+def count_outliers(eigenvalues: np.ndarray | list[float], *, rule: str = "bulk-edge",
+                   density: SpectralDensity | None = None, quantile: float = 0.9,
+                   fence: float = 3.0, rel_floor: float = 1e-3,
                    max_outliers: int | None = None) -> OutlierCount:
-    """Outliers = the eigenvalues above the largest gap (on a log scale) in the top of the
-    spectrum.
+    """Outliers = eigenvalues beyond the bulk edge (`bulk_edge`) and above `rel_floor` times
+    the largest (anything closer to zero is bulk, as in `near_zero_fraction`).
+
+    `eigenvalues` must be the whole spectrum unless `density` (an SLQ density of the same
+    operator) is given: then the edge comes from the density and `eigenvalues` may be the top
+    k only (`saturated` says when all k are outliers). rule="largest-gap" is the earlier rule
+    (`count_outliers_largest_gap`), kept for comparison: it misses outliers spread over
+    several orders of magnitude (it cuts at the widest gap among them).
+    """
+    if rule not in OUTLIER_RULES:
+        raise ConfigError(f"rule must be one of {', '.join(OUTLIER_RULES)}; got '{rule}'")
+    if rule == "largest-gap":
+        return count_outliers_largest_gap(eigenvalues, rel_floor=rel_floor,
+                                          max_outliers=max_outliers)
+    check_range("rel_floor", rel_floor, 0.0, 1.0, high_inclusive=False)
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).reshape(-1))[::-1]
+    if lam.size == 0:
+        raise ConfigError("count_outliers needs at least one eigenvalue")
+    edge = bulk_edge(None if density is not None else lam, density=density,
+                     quantile=quantile, fence=fence)
+    if lam[0] <= 0:
+        return OutlierCount(0, 1.0, edge, [], "bulk-edge")
+    cut = max(edge, rel_floor * lam[0])
+    n = int((lam > cut).sum())
+    if max_outliers is not None:
+        n = min(n, int(max_outliers))
+    ratio = float(lam[n - 1] / cut) if n and cut > 0 else \
+        float(lam[0] / cut) if cut > 0 else math.inf
+    return OutlierCount(n, ratio, float(cut), [float(v) for v in lam[:n]], "bulk-edge",
+                        saturated=bool(n == lam.size and density is not None))
+
+
+def count_outliers_largest_gap(eigenvalues: np.ndarray | list[float], *,
+                               rel_floor: float = 1e-3,
+                               max_outliers: int | None = None) -> OutlierCount:
+    """The earlier rule: outliers = the eigenvalues above the largest gap (on a log scale) in
+    the top of the spectrum.
 
     Eigenvalues below `rel_floor` times the largest are bulk (clipped to that floor), so the
     ratio between two near-zero bulk values can't win. `max_outliers` limits where the gap
-    may fall. `bulk_edge` is the largest eigenvalue below the gap.
+    may fall. `bulk_edge` is the largest eigenvalue below the gap. It takes the single widest
+    gap anywhere, so with outliers spread over decades it returns the first of them only
+    (kept for comparison; `count_outliers` uses the bulk edge).
     """
     lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))[::-1]
     if lam.size < 2:
@@ -354,8 +442,9 @@ def near_zero_fraction(eigenvalues: np.ndarray | list[float], *, rel: float = 1e
     return float((np.abs(lam) <= rel * scale).mean()) if scale > 0 else 1.0
 
 
-__all__ = ["EigenResult", "OutlierCount", "SpectralDensity", "TraceEstimate",
-           "bottom_eigenvalues", "count_outliers", "exact_eigenvalues", "extreme_eigenpairs",
+__all__ = ["OUTLIER_RULES", "EigenResult", "OutlierCount", "SpectralDensity", "TraceEstimate",
+           "bottom_eigenvalues", "bulk_edge", "count_outliers", "count_outliers_largest_gap",
+           "exact_eigenvalues", "extreme_eigenpairs",
            "hutchinson_trace", "hutchpp_trace", "lanczos", "near_zero_fraction",
            "plot_density", "plot_eigenvalues", "spectral_density", "top_eigenvalues"]
 
