@@ -171,8 +171,8 @@ def _tiny_hessian(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PRUNELAB_DATA", str(tmp_path / "none"))  # MNIST part: skipped
     monkeypatch.setenv("HOME", str(tmp_path))
-    real_gd, real_lb_sb = hs.train_gd, hs.part_lb_sb
-    monkeypatch.setattr(hs, "train_gd", lambda *a, **kw: real_gd(*a, **{**kw, "max_steps": 30}))
+    real_fits, real_lb_sb = hs._Fits, hs.part_lb_sb
+    monkeypatch.setattr(hs, "_Fits", lambda gd, finish, seed, log: real_fits(30, 5, seed, log))
     monkeypatch.setattr(hs, "part_lb_sb", lambda steps_lb, steps_sb, seed, log: real_lb_sb(
         60, 60, seed, log))
     return hs, lambda: hs.run(tmp_path / "out", quick=True, log=lambda s: None)
