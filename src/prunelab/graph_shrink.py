@@ -31,7 +31,6 @@ the kept rows/columns (a created bias starts with empty state).
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +49,7 @@ from prunelab.groups import (
     analyse,
     check_group_masks,
 )
+from prunelab.optimizers import rebuild_optimizer
 
 FOLDS = ("auto", "bias")
 GroupMasks = Mapping[str, torch.Tensor]
@@ -307,28 +307,6 @@ def shrink_group_tensors(model: nn.Module, keep: GroupMasks,
         pm = params.get(name)
         out[name] = pm.apply(t) if pm is not None and t.shape == shapes.get(name) else t.clone()
     return out
-
-
-def rebuild_optimizer(optimizer: torch.optim.Optimizer,
-                      groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """A new optimizer of `optimizer`'s class over `groups` (which carry every hyper-parameter),
-    given only the defaults its constructor names (torch 2.13's AdamW refuses its own
-    `decoupled_weight_decay` default back)."""
-    cls = type(optimizer)
-    try:
-        sig = inspect.signature(cls.__init__).parameters.values()
-    except (TypeError, ValueError):
-        sig = ()
-    any_kw = not sig or any(p.kind is p.VAR_KEYWORD for p in sig)
-    named = {p.name for p in sig if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    kwargs = {k: v for k, v in optimizer.defaults.items() if any_kw or k in named}
-    try:
-        new = cls(groups, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot rebuild optimizer {cls.__name__} for the shrunk model "
-                          f"({exc})") from None
-    new.defaults.update(optimizer.defaults)
-    return new
 
 
 def shrink_groups_with_optimizer(

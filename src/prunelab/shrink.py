@@ -17,7 +17,6 @@ per-parameter tensors (weight masks, scores) the same way. The input model is ne
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from prunelab.masks import (
     alive_units,
     sparsity_report,
 )
+from prunelab.optimizers import rebuild_optimizer
 
 # One vocabulary of chain modules, shared with the sparsity report and unit masks.
 LAYERS = CHAIN_LAYERS
@@ -428,30 +428,6 @@ def shrink_tensors(
     return out
 
 
-def _rebuild_optimizer(optimizer: torch.optim.Optimizer,
-                       groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """A new optimizer of `optimizer`'s class over `groups` (which carry every hyper-parameter).
-
-    The constructor gets only the defaults its signature names: a default may be one the class
-    sets itself and refuses as an argument (torch 2.13's AdamW passes
-    `decoupled_weight_decay=True` to Adam and refuses it back); the groups still carry it."""
-    cls = type(optimizer)
-    try:
-        params = inspect.signature(cls.__init__).parameters.values()
-    except (TypeError, ValueError):  # no introspectable signature: pass every default
-        params = ()
-    any_kw = not params or any(p.kind is p.VAR_KEYWORD for p in params)
-    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    kwargs = {k: v for k, v in optimizer.defaults.items() if any_kw or k in named}
-    try:
-        new_opt = cls(groups, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot rebuild optimizer {cls.__name__} for the shrunk "
-                          f"model ({exc})") from None
-    new_opt.defaults.update(optimizer.defaults)
-    return new_opt
-
-
 def shrink_with_optimizer(
     model: nn.Module,
     unit_masks: Mapping[str, torch.Tensor],
@@ -481,7 +457,7 @@ def shrink_with_optimizer(
                                   "cannot map its state onto the shrunk model")
             ps.append(new_params[name_of[id(p)]])
         groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
-    new_opt = _rebuild_optimizer(optimizer, groups)
+    new_opt = rebuild_optimizer(optimizer, groups)
     for p, state in optimizer.state.items():
         name = name_of.get(id(p))
         if name is None:

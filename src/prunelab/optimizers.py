@@ -1,0 +1,34 @@
+"""Rebuilding an optimizer over new parameters (after a network was physically shrunk)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from prunelab.errors import ConfigError
+
+
+def rebuild_optimizer(optimizer: torch.optim.Optimizer,
+                      groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """A new optimizer of `optimizer`'s class over `groups` (which carry every hyper-parameter).
+
+    The constructor gets only the defaults its signature names: a default may be one the class
+    sets itself and refuses as an argument (torch 2.13's AdamW passes
+    `decoupled_weight_decay=True` to Adam and refuses it back); the groups still carry it."""
+    cls = type(optimizer)
+    try:
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: pass every default
+        params = ()
+    any_kw = not params or any(p.kind is p.VAR_KEYWORD for p in params)
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    kwargs = {k: v for k, v in optimizer.defaults.items() if any_kw or k in named}
+    try:
+        new_opt = cls(groups, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot rebuild optimizer {cls.__name__} for the shrunk "
+                          f"model ({exc})") from None
+    new_opt.defaults.update(optimizer.defaults)
+    return new_opt
