@@ -285,7 +285,7 @@ class Trainer:
             _broadcast_state(model)
         initial_state = _snapshot(model)
         self.method.attach(ctx)
-        forward_model: nn.Module = model
+        forward_model: nn.Module | None = None  # the DDP wrapper (shape-changing methods refused)
         if platform.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -323,7 +323,9 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
                 with cast:
-                    loss = self.method.batch_loss(forward_model, xb, yb, self.loss_fn)
+                    # the method may have replaced the model (units removed): read it afresh
+                    fwd = forward_model if platform.distributed else model
+                    loss = self.method.batch_loss(fwd, xb, yb, self.loss_fn)
                 scaled = loss
                 if world > 1:  # this rank's share of the batch's mean (DDP averages over ranks)
                     in_batch = min(cfg.batch_size, n_train - b * cfg.batch_size)
