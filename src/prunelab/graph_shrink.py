@@ -49,7 +49,7 @@ from prunelab.groups import (
     analyse,
     check_group_masks,
 )
-from prunelab.optimizers import rebuild_optimizer
+from prunelab.optimizers import carry_state, rebuild_optimizer
 
 FOLDS = ("auto", "bias")
 GroupMasks = Mapping[str, torch.Tensor]
@@ -344,20 +344,7 @@ def shrink_groups_with_optimizer(
                 ps.append(new_params[bias])
         new_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
     new_opt = rebuild_optimizer(optimizer, new_groups)
-    for p, state in optimizer.state.items():
-        name = name_of.get(id(p))
-        if name is None:
-            continue
-        pm = params.get(name)
-        new_state: dict[str, Any] = {}
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor) and v.shape == p.shape and pm is not None:
-                new_state[k] = pm.apply(v)
-            elif isinstance(v, torch.Tensor):
-                new_state[k] = v.clone()
-            else:
-                new_state[k] = copy.deepcopy(v)
-        new_opt.state[new_params[name]] = new_state
+    carry_state(optimizer, new_opt, name_of, new_params, params)
     return new_model, new_opt
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -32,3 +34,26 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer,
                           f"model ({exc})") from None
     new_opt.defaults.update(optimizer.defaults)
     return new_opt
+
+
+def carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer,
+                name_of: Mapping[int, str], new_params: Mapping[str, torch.Tensor],
+                slicers: Mapping[str, Any]) -> None:
+    """Copy `old`'s per-parameter state into `new` (built over `new_params`, by name): tensors
+    of the parameter's shape go through the parameter's slicer (`slicers[name].apply`, the
+    rows and columns a shrink kept), other tensors are cloned and the rest deep-copied.
+    `name_of` maps id(old parameter) -> name."""
+    for p, state in old.state.items():
+        name = name_of.get(id(p))
+        if name is None:
+            continue
+        slicer = slicers.get(name)
+        moved: dict[str, Any] = {}
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and slicer is not None:
+                moved[k] = slicer.apply(v)
+            elif isinstance(v, torch.Tensor):
+                moved[k] = v.clone()
+            else:
+                moved[k] = copy.deepcopy(v)
+        new.state[new_params[name]] = moved

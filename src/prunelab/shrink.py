@@ -37,7 +37,7 @@ from prunelab.masks import (
     alive_units,
     sparsity_report,
 )
-from prunelab.optimizers import rebuild_optimizer
+from prunelab.optimizers import carry_state, rebuild_optimizer
 
 # One vocabulary of chain modules, shared with the sparsity report and unit masks.
 LAYERS = CHAIN_LAYERS
@@ -458,20 +458,7 @@ def shrink_with_optimizer(
             ps.append(new_params[name_of[id(p)]])
         groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
     new_opt = rebuild_optimizer(optimizer, groups)
-    for p, state in optimizer.state.items():
-        name = name_of.get(id(p))
-        if name is None:
-            continue
-        plan = plans.get(name)
-        new_state: dict[str, Any] = {}
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor) and v.shape == p.shape and plan is not None:
-                new_state[k] = plan.apply(v)
-            elif isinstance(v, torch.Tensor):
-                new_state[k] = v.clone()
-            else:
-                new_state[k] = copy.deepcopy(v)
-        new_opt.state[new_params[name]] = new_state
+    carry_state(optimizer, new_opt, name_of, new_params, plans)
     return new_model, new_opt
 
 

@@ -31,7 +31,11 @@ from prunelab.claims import Claim, claims_markdown, declare, judge_all, log_line
 from prunelab.config import RunConfig, TrainConfig
 from prunelab.data import Dataset
 from prunelab.errors import DataError
-from prunelab.experiments.sparse_landscape import BARRIER_CLEAR, MONOTONE_TOLERANCE
+from prunelab.experiments.sparse_landscape import (
+    BARRIER_CLEAR,
+    MONOTONE_TOLERANCE,
+    _barrier_rows,
+)
 from prunelab.firewall import Firewall
 from prunelab.landscape.curves import BezierCurve, evaluate_curve, train_curve
 from prunelab.landscape.paths import interpolate, plot_path
@@ -237,18 +241,6 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     return results
 
 
-def _barrier_rows(paths: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for name, res in paths.items():
-        tr = res.summary(MONOTONE_TOLERANCE)["train"]
-        te = res.summary(MONOTONE_TOLERANCE)["test"]
-        rows.append({"path": name, "loss_a": tr["loss_a"], "loss_b": tr["loss_b"],
-                     "max_loss": tr["max_loss"], "barrier": tr["barrier"],
-                     "max_rise": tr["max_rise"], "monotone": tr["monotone"],
-                     "test_barrier": te["barrier"]})
-    return rows
-
-
 def measure(finals: list[dict[str, Any]], paths: dict[str, Any]) -> dict[str, Any]:
     """What each declared claim measured."""
     out: dict[str, Any] = {}
@@ -329,7 +321,7 @@ def _report(r: dict[str, Any], verdicts, fw: Firewall) -> str:
         "Barrier B = max_t [L(t) - ((1-t) L(0) + t L(1))] over t in [0, 1].",
         "",
         markdown_table(r["barriers"], ["path", "loss_a", "loss_b", "max_loss", "barrier",
-                                       "max_rise", "monotone", "test_barrier"]),
+                                       "max_rise", "monotone", "test_barrier", "min_test_acc"]),
         "",
         "![paths](figures/paths.png)",
         "",
