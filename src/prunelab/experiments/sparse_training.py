@@ -182,7 +182,8 @@ class Settings:
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"
     lr: float | None = None  # None: chosen per model on validation from lr_grid
-    lr_grid: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    # 0.4 added after the first quick run chose 0.2, the grid's top, on validation
+    lr_grid: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4)
     screen_methods: tuple[str, ...] = ("gmp", "random", "rigl")
     screen_sparsity: float = 0.9
     update_interval: int = 100  # RigL / SET during the lr screen (Evci et al. 2020)
@@ -837,7 +838,7 @@ def summarise(s: Settings, rows, masks_kept, gradflow, lines) -> dict[str, Any]:
                  s.landscape_sparsity and x["method"] == m]
             if not v:
                 continue
-            row = {"method": LABELS[m]}
+            row = {"method": LABELS[m] + (" (dense init)" if m == "gmp" else "")}
             for layer in v[0]["layers"]:
                 row[layer] = f"{statistics.fmean(x['layers'][layer] for x in v):.3g}"
             row["jacobian sv mean"] = f"{statistics.fmean(x['jacobian']['mean'] for x in v):.3g}"
