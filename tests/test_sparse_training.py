@@ -243,3 +243,24 @@ def test_tiny_reproduction_end_to_end_and_resumed_from_its_store(tmp_path, monke
     st.run(tmp_path / "out", quick=True, plan=tiny_settings(), progress=False,
            log=lambda s: None)
     assert not store.exists()  # removed after a successful run unless keep_subruns
+
+
+def test_a_diverged_run_is_recorded_not_fatal_and_never_chosen(tmp_path):
+    data = load_dataset("xor", n_irrelevant=2, n_train=128, n_test=32, seed=0)
+    plan = st.ModelPlan("mlp", {"widths": [8]}, False, 8, (1, 4, 1), 1)
+    runner = st.Runner(st.Settings(), SubrunCache(tmp_path), False, lambda s: None)
+    key = {"name": "xor", "split": "validation"}
+    cfgs = {lr: RunConfig("xor", {}, None, "mlp", {"widths": [8]}, "dense", {},
+                          TrainConfig(epochs=1, batch_size=16, lr=lr, eval_train=False))
+            for lr in (0.05, 1e30)}
+    bad = runner.fit(cfgs[1e30], data, key, "huge lr", plan)
+    assert bad["diverged"].startswith("training diverged") and bad["final_state"] is None
+    assert runner.fit(cfgs[1e30], data, key, "again", plan)["diverged"]  # stored as such
+    good = runner.fit(cfgs[0.05], data, key, "fine", plan)
+    assert not good.get("diverged") and good["final"]["test_accuracy"] > 0
+    rows = [{"lr": 1e30, "acc": bad["final"]["test_accuracy"]},
+            {"lr": 0.05, "acc": good["final"]["test_accuracy"]}]
+    assert max(rows, key=lambda r: st._score(r["acc"]))["lr"] == 0.05
+    assert st._mean_sd([1.0, float("nan"), 3.0]) == "2.00 ± 1.41 (1 diverged)"
+    row = st._row("mlp", 0.9, 0, "rigl", bad)
+    assert row["diverged"] and row["params"] == -1

@@ -381,7 +381,12 @@ class Runner:
             else:
                 method = build_method(cfg.method, **cfg.method_options)
             t = time.perf_counter()
-            res = train_run(cfg, data=data, method=method, progress=self.progress)
+            try:
+                res = train_run(cfg, data=data, method=method, progress=self.progress)
+            except ConfigError as exc:
+                if not str(exc).startswith("training diverged"):
+                    raise
+                return diverged(str(exc))
             seconds = time.perf_counter() - t
             reference = build_model(plan.model, data.input_shape, data.num_classes,
                                     **plan.options)
@@ -409,10 +414,17 @@ class Runner:
         """Lottery (rewind) or scratch retraining of the GMP run's mask."""
 
         def work() -> dict[str, Any]:
+            if gmp.get("diverged"):
+                return diverged("the GMP run whose mask it retrains diverged")
             states = {f"step{plan.rewind_step}": gmp["rewind_state"]}
             t = time.perf_counter()
-            res = retrain_from(cfg, gmp["masks"], init, init_states=states, data=data,
-                               progress=self.progress)
+            try:
+                res = retrain_from(cfg, gmp["masks"], init, init_states=states, data=data,
+                                   progress=self.progress)
+            except ConfigError as exc:
+                if not str(exc).startswith("training diverged"):
+                    raise
+                return diverged(str(exc))
             seconds = time.perf_counter() - t
             reference = build_model(plan.model, data.input_shape, data.num_classes,
                                     **plan.options)
@@ -431,8 +443,27 @@ class Runner:
         out["spec_hash"] = spec_hash(spec)
         split = "validation" if spec["data"]["split"] != "train" else "test"
         how = "stored" if self.cache.hits > hits else f"{out['seconds']:.0f} s"
-        self.log(f"{label}: {split} accuracy {out['final']['test_accuracy']:.4f} ({how})")
+        if out.get("diverged"):
+            self.log(f"{label}: DIVERGED ({out['diverged']}; {how})")
+        else:
+            self.log(f"{label}: {split} accuracy {out['final']['test_accuracy']:.4f} ({how})")
         return out
+
+
+def diverged(message: str) -> dict[str, Any]:
+    """The result of a run that diverged: no weights, no mask, NaN metrics. It is reported as
+    diverged, its claims' values are NaN (judged "not measured"), and the screen never picks
+    it."""
+    nan = float("nan")
+    return {"diverged": message, "final": {"test_accuracy": nan, "train_loss": nan, "steps": 0},
+            "metrics": [], "final_state": None, "masks": None, "seconds": 0.0,
+            "flops": {"total": nan, "fraction_of_dense": nan, "dense_gradient_steps": 0},
+            "mask_updates": 0, "moved": 0}
+
+
+def _score(value: float) -> float:
+    """A validation accuracy for `max`: a diverged run (NaN) ranks below every other."""
+    return -math.inf if math.isnan(value) else value
 
 
 def _data_key(s: Settings, split: str) -> dict[str, Any]:
@@ -461,7 +492,7 @@ def select(s: Settings, plan: ModelPlan, data: Dataset, runner: Runner,
                 accs[m] = res["final"]["test_accuracy"]
             lr_rows.append({"lr": lr, **{f"val_acc_{m}": a for m, a in accs.items()},
                             "val_acc_mean": statistics.fmean(accs.values())})
-        lr = max(lr_rows, key=lambda r: r["val_acc_mean"])["lr"]
+        lr = max(lr_rows, key=lambda r: _score(r["val_acc_mean"]))["lr"]
     else:
         lr = s.lr
     interval_rows = []
@@ -473,7 +504,8 @@ def select(s: Settings, plan: ModelPlan, data: Dataset, runner: Runner,
             interval_rows.append({"update_interval": dt,
                                   "val_acc_rigl": res["final"]["test_accuracy"],
                                   "mask_updates": res["mask_updates"]})
-        interval = max(interval_rows, key=lambda r: r["val_acc_rigl"])["update_interval"]
+        interval = max(interval_rows,
+                       key=lambda r: _score(r["val_acc_rigl"]))["update_interval"]
     log(f"{plan.model}: chosen on validation lr {lr}, update interval {interval}")
     return {"lr": lr, "update_interval": interval, "lr_screen": lr_rows,
             "interval_screen": interval_rows, "validation": {"n_train": val.n_train,
@@ -510,7 +542,8 @@ def _gradflow(s: Settings, cfgs: dict[str, RunConfig], group: dict[str, dict[str
     batch = (data.x_train[idx], data.y_train[idx])
     out = {}
     for m in ("gmp", "lottery", "scratch", "random", *INIT_METHODS, "small-dense"):
-        if m not in group:
+        if m not in group or group[m].get("diverged") or group.get("gmp", {}).get("diverged") \
+                and m in ("lottery", "scratch"):
             continue
         cfg = cfgs[m]
         masks = group[m]["masks"]
@@ -592,17 +625,19 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                 for m, res in group.items():
                     rows.append(_row(model, sp, seed, m, res))
                 masks_kept[(model, sp, seed)] = {m: group[m]["masks"] for m in MASKED
-                                                 if m in group}
+                                                 if m in group and group[m]["masks"]
+                                                 is not None}
                 flow = _gradflow(s, cfgs, group, plan, data, seed)
                 gradflow += [{"model": model, "sparsity": sp, "seed": seed, "method": m, **v}
                              for m, v in flow.items()]
-                if sp == s.landscape_sparsity and "gmp" in group:
+                if sp == s.landscape_sparsity and "gmp" in group \
+                        and not group["gmp"].get("diverged"):
                     net = build_model(plan.model, data.input_shape, data.num_classes,
                                       **plan.options)
                     fw.record(f"{model} {sp:.0%} seed {seed}: lines to the pruned solution",
                               "test loss and accuracy", count=len(PATH_METHODS))
                     for m in PATH_METHODS:
-                        if m not in group:
+                        if m not in group or group[m].get("diverged"):
                             continue
                         res = interpolate(group[m]["final_state"], group["gmp"]["final_state"],
                                           path_data, model=net, points=s.line_points)
@@ -611,7 +646,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                         if seed == s.seeds[0]:
                             line_results[f"{model}:{m}->pruned"] = res
                     if (s.curves and model == LANDSCAPE_MODEL and seed == s.seeds[0]
-                            and "scratch" in group):
+                            and "scratch" in group and not group["scratch"].get("diverged")):
                         fw.record(f"{model} {sp:.0%} seed {seed}: Bezier curves",
                                   "test loss and accuracy", count=2)
                         curves = _curves(s, group, net, data, path_data, lr, progress, log)
@@ -682,11 +717,13 @@ def _row(model: str, sp: float, seed: int, method: str, res: dict[str, Any]) -> 
             "flops": fl["total"], "flops_fraction": fl["fraction_of_dense"],
             "dense_gradient_steps": fl["dense_gradient_steps"],
             "mask_updates": res["mask_updates"], "moved": res["moved"],
-            "params": _params(res)}
+            "params": _params(res), "diverged": res.get("diverged")}
 
 
 def _params(res: dict[str, Any]) -> int:
     state = res["final_state"]
+    if state is None:
+        return -1
     masks = res["masks"] or {}
     return int(sum(int(masks[k].sum()) if k in masks else v.numel()
                    for k, v in state.items() if v.is_floating_point()
@@ -776,11 +813,15 @@ def measure(s: Settings, rows: list[dict[str, Any]], lines, curves) -> dict[str,
 
 
 def _mean_sd(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    """'mean ± SD' of the finite values, noting how many runs diverged (NaN)."""
+    finite = [v for v in values if not math.isnan(v)]
+    note = f" ({len(values) - len(finite)} diverged)" if len(finite) < len(values) else ""
+    if not finite:
+        return "-" + note
+    if len(finite) == 1:
+        return f"{finite[0]:.{digits}f}{note}"
+    return (f"{statistics.fmean(finite):.{digits}f} ± {statistics.stdev(finite):.{digits}f}"
+            f"{note}")
 
 
 def summarise(s: Settings, rows, masks_kept, gradflow, lines) -> dict[str, Any]:
@@ -792,7 +833,8 @@ def summarise(s: Settings, rows, masks_kept, gradflow, lines) -> dict[str, Any]:
         cols = [f"{sp:.0%}" for sp in s.sparsities]
         gap, flops, overlap, flow = [], [], [], []
         gmp_flops = {sp: [r["flops_fraction"] for r in sub if r["sparsity"] == sp
-                          and r["method"] == "gmp"] for sp in s.sparsities}
+                          and r["method"] == "gmp" and not math.isnan(r["flops_fraction"])]
+                     for sp in s.sparsities}
         for m in methods:
             g = {"method": LABELS[m]}
             f = {"method": LABELS[m]}
@@ -800,7 +842,7 @@ def summarise(s: Settings, rows, masks_kept, gradflow, lines) -> dict[str, Any]:
                 errs = [r["test_error"] for r in sub if r["sparsity"] == sp and r["method"] == m]
                 g[c] = _mean_sd(errs)
                 fr = [r["flops_fraction"] for r in sub if r["sparsity"] == sp
-                      and r["method"] == m]
+                      and r["method"] == m and not math.isnan(r["flops_fraction"])]
                 text = f"{statistics.fmean(fr):.3f}" if fr else "-"
                 if m in ("lottery", "scratch") and fr and gmp_flops[sp]:
                     text += f" (+{statistics.fmean(gmp_flops[sp]):.3f} GMP)"
@@ -867,13 +909,13 @@ def summarise(s: Settings, rows, masks_kept, gradflow, lines) -> dict[str, Any]:
                 continue
             gap_v = [a - b for a, b in zip(e["random"], e["gmp"])]
             closed = [a - b for a, b in zip(e["random"], e["rigl"])]
-            mg = statistics.fmean(gap_v)
+            mg = statistics.fmean(gap_v)  # NaN when a run diverged
             gaps.append({"sparsity": f"{sp:.0%}", "random ERK": _mean_sd(e["random"]),
                          "GMP": _mean_sd(e["gmp"]), "RigL": _mean_sd(e["rigl"]),
                          "gap random - GMP": _mean_sd(gap_v),
                          "closed by RigL": _mean_sd(closed),
                          "closed / gap (means)": f"{statistics.fmean(closed) / mg:.0%}"
-                         if mg else "-"})
+                         if mg and not math.isnan(mg) else "-"})
         tables[model] = {"columns": cols, "gap": gap, "flops": flops, "overlap_seeds": overlap,
                          "overlap_methods": method_overlap, "gradflow": flow,
                          "gradflow_layers": layer_flow, "paths": path_rows, "rigl_gap": gaps}
@@ -891,13 +933,15 @@ def _figures(s: Settings, r, line_results, curves, masks_kept, stage: Path) -> l
         for m in s.methods:
             xs, ys, es = [], [], []
             for sp in s.sparsities:
-                v = [x["test_error"] for x in sub if x["sparsity"] == sp and x["method"] == m]
+                v = [x["test_error"] for x in sub if x["sparsity"] == sp and x["method"] == m
+                     and not math.isnan(x["test_error"])]
                 if v:
                     xs.append(100 * sp)
                     ys.append(statistics.fmean(v))
                     es.append(statistics.stdev(v) if len(v) > 1 else 0.0)
             ax.errorbar(xs, ys, yerr=es, marker="o", ms=3, capsize=2, label=LABELS[m])
-        dense = [x["test_error"] for x in sub if x["method"] == "dense"]
+        dense = [x["test_error"] for x in sub if x["method"] == "dense"
+                 and not math.isnan(x["test_error"])]
         if dense:
             ax.axhline(statistics.fmean(dense), color="k", ls=":", lw=1, label="dense")
         ax.set(xlabel="sparsity (%)", ylabel="test error (%)", title=model, yscale="log")
@@ -959,6 +1003,10 @@ def _figures(s: Settings, r, line_results, curves, masks_kept, stage: Path) -> l
 # ----------------------------------------------------------------------------- report
 
 
+def _acc(v: float) -> str:
+    return "diverged" if math.isnan(v) else f"{v:.4f}"
+
+
 def _report(r: dict[str, Any], verdicts: list[Verdict], fw: Firewall) -> str:
     s = r["settings"]
     n_train = s["n_train"] or r["dataset"]["n_train"]
@@ -986,10 +1034,10 @@ def _report(r: dict[str, Any], verdicts: list[Verdict], fw: Firewall) -> str:
         lines.append(f"- {model}: lr {c['lr']}, update interval {c['update_interval']} steps "
                      f"({p['total_steps']} steps in all; GMP from step {p['gmp'][0]} to "
                      f"{p['gmp'][1]} every {p['gmp'][2]}; rewind step {p['rewind_step']}). "
-                     "lr screen: " + ("; ".join(f"{x['lr']}: {x['val_acc_mean']:.4f}"
+                     "lr screen: " + ("; ".join(f"{x['lr']}: {_acc(x['val_acc_mean'])}"
                                                 for x in c["lr_screen"]) or "none")
                      + ". interval screen (RigL): "
-                     + ("; ".join(f"{x['update_interval']}: {x['val_acc_rigl']:.4f}"
+                     + ("; ".join(f"{x['update_interval']}: {_acc(x['val_acc_rigl'])}"
                                   for x in c["interval_screen"]) or "none") + ".")
     lines += ["", "## Claims", "", claims_markdown(verdicts, r["quick"]), "",
               "The RigL statistic per seed is (err_random - err_rigl) - 0.5 (err_random - "
