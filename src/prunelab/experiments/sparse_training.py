@@ -40,11 +40,12 @@ and started again skips what it finished. The store is removed after a successfu
 `Settings.keep_subruns`.
 
 `--quick`: LeNet-300-100 at 90% and 98%, seeds 0-2, a 10,000-image training subset, 6 epochs
-(about 10 CPU-minutes single-threaded on a loaded 2-core machine). Full: LeNet-300-100 and
-LeNet-5 at 80/90/95/98%, seeds 0-4, 60,000 images, 20 epochs: LeNet-300-100 about 5 CPU-hours,
-LeNet-5 about 2 CPU-days on this machine (one LeNet-5 run is ~16 minutes). ResNet-20
-(`models=(..., "resnet20")`, first and last layer kept dense) is in the plan but off by
-default: on this CPU one MNIST run takes hours.
+(7-11 CPU-minutes single-threaded on a shared 2-core machine). `medium_settings()` (Python
+only): LeNet-300-100 at 90/95/98%, seeds 0-4, 10,000 images, 10 epochs (about 16 minutes).
+Full: LeNet-300-100 and LeNet-5 at 80/90/95/98%, seeds 0-4, 60,000 images, 20 epochs:
+LeNet-300-100 about 5 CPU-hours, LeNet-5 about 2-3 CPU-days on this machine (one LeNet-5 run
+is ~16 minutes). ResNet-20 (`models=(..., "resnet20")`, first and last layer kept dense) is in
+the plan but off by default: on this CPU one MNIST run takes hours.
 """
 
 from __future__ import annotations
@@ -535,8 +536,8 @@ def _init_state(cfg: RunConfig, data: Dataset) -> dict[str, torch.Tensor]:
 def _gradflow(s: Settings, cfgs: dict[str, RunConfig], group: dict[str, dict[str, Any]],
               plan: ModelPlan, data: Dataset, seed: int) -> dict[str, Any]:
     """Gradient flow at initialisation per method: each method's starting weights under the
-    mask it trains with (GMP starts dense; SET / RigL start from a random ERK mask like
-    `random` and are not repeated)."""
+    mask it trains with (GMP starts dense; SET / RigL start from the very mask and weights of
+    the same seed's `random` run, drawn from the same seeded generator, so are not repeated)."""
     gen = torch.Generator().manual_seed(10_000 + seed)
     idx = torch.randperm(data.n_train, generator=gen)[:s.gradflow_batch]
     batch = (data.x_train[idx], data.y_train[idx])
@@ -1085,7 +1086,7 @@ def _report(r: dict[str, Any], verdicts: list[Verdict], fw: Firewall) -> str:
         lines += ["### Gradient flow at initialisation: global ||g * m|| (mean over seeds)", "",
                   "Each method's starting weights under the mask it trains with, one batch of "
                   f"{s['gradflow_batch']} training images; GMP starts dense; SET and RigL start "
-                  "from a random ERK mask (the random row).", "",
+                  "from the random ERK run's mask of the same seed (the random row).", "",
                   markdown_table(t["gradflow"], cols), ""]
         if t["gradflow_layers"]:
             lines += [f"Per layer at {s['landscape_sparsity']:.0%} (and the mean singular value "
