@@ -236,10 +236,20 @@ def _tiny_pareto(tmp_path, monkeypatch):
     return pareto, lambda: pareto.run(tmp_path / "out", quick=True, log=lambda s: None)
 
 
+def _tiny_sparse_training(tmp_path, monkeypatch):
+    from prunelab.experiments import sparse_training as st
+    from test_sparse_training import tiny_settings
+
+    _mnist(monkeypatch)
+    monkeypatch.setattr(st, "settings", lambda quick: tiny_settings())
+    return st, lambda: st.run(tmp_path / "out", quick=True, progress=False, log=lambda s: None)
+
+
 TINY = {"deep-optima": _tiny_deep_optima, "hessian-spectrum": _tiny_hessian,
         "dead-units": _tiny_dead_units, "sparse-landscape": _tiny_landscape,
         "sparse-landscape-resnet": _tiny_landscape_resnet,
-        "bernoulli": _tiny_bernoulli, "pareto": _tiny_pareto}
+        "bernoulli": _tiny_bernoulli, "pareto": _tiny_pareto,
+        "sparse-training": _tiny_sparse_training}
 
 
 def test_every_reproduction_is_covered():
@@ -270,6 +280,9 @@ def test_reproduction_makes_its_choices_without_test_data(name, audit, tmp_path,
         assert seen["lr"] in (0.02, 0.05) and seen["curve_lr"] == seen["lr"]
     if name == "pareto":
         assert 0 < seen["knee_weight"] <= 1
+    if name == "sparse-training":
+        assert seen["lenet-300-100"]["lr"] in (0.05, 0.1)
+        assert seen["lenet-300-100"]["update_interval"] in (1, 2)
 
 
 @pytest.mark.slow
@@ -310,3 +323,12 @@ def test_reproduction_records_each_test_evaluation_after_its_freeze(name, audit,
         assert choices["knee_weight"] == res["knee"]["weight"]
         assert [e["what"] for e in evaluations] == ["the knee, retrained", "SMGD (sgd)",
                                                     "SMGD (adam)"]
+    elif name == "sparse-training":
+        assert choices["lenet-300-100"] == {k: res["chosen"]["lenet-300-100"][k]
+                                            for k in ("lr", "update_interval")}
+        assert [e["what"] for e in evaluations] == [
+            "every training run (22)",
+            "lenet-300-100 90% seed 0: lines to the pruned solution",
+            "lenet-300-100 90% seed 0: Bezier curves",
+            "lenet-300-100 90% seed 1: lines to the pruned solution"]
+        assert evaluations[0]["count"] == 22  # 22 runs x 1 epoch

@@ -104,10 +104,15 @@ def _conv_chain(
     return nn.Sequential(*layers)
 
 
-def lenet5(input_shape: Sequence[int], num_classes: int) -> nn.Sequential:
-    """Caffe LeNet-5: conv 20 (5x5) -> maxpool -> conv 50 (5x5) -> maxpool -> fc 500 -> fc."""
-    return _conv_chain(input_shape, num_classes, "lenet5", (20, 50), 5,
-                       lambda: nn.MaxPool2d(2), (500,), 12)
+def lenet5(input_shape: Sequence[int], num_classes: int, width: float = 1.0) -> nn.Sequential:
+    """Caffe LeNet-5: conv 20 (5x5) -> maxpool -> conv 50 (5x5) -> maxpool -> fc 500 -> fc;
+    `width` multiplies the 20, 50 and 500 (rounded, at least 1): a small dense network of a
+    sparse one's parameter count."""
+    if not width > 0:
+        raise ConfigError(f"width must be > 0, got {width}")
+    c1, c2, h = (max(1, round(n * width)) for n in (20, 50, 500))
+    return _conv_chain(input_shape, num_classes, "lenet5", (c1, c2), 5,
+                       lambda: nn.MaxPool2d(2), (h,), 12)
 
 
 def conv_small(input_shape: Sequence[int], num_classes: int) -> nn.Sequential:

@@ -30,6 +30,9 @@ REPRODUCTIONS: dict[str, tuple[str, str]] = {
                   "Bernoulli-gate variational pruning (Guenter & Sideris)"),
     "pareto": ("prunelab.experiments.pareto",
                "loss vs l1 Pareto front, knee, SMGD (Reiners et al.)"),
+    "sparse-training": ("prunelab.experiments.sparse_training",
+                        "GMP, lottery, scratch, SNIP/GraSP/SynFlow, SET, RigL at matched "
+                        "sparsity (issue 22)"),
 }
 
 
