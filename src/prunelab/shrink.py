@@ -480,13 +480,22 @@ def kept_input_mask(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def architecture(model: nn.Module) -> list[dict[str, Any]]:
-    """A JSON-friendly description of a chain: one entry {name, type, args} per module."""
+    """A JSON-friendly description of a chain: one entry {name, type, args} per module (of a
+    sectioned model: `prunelab.sections.architecture`)."""
+    from prunelab import sections
+
+    if sections.is_sectioned(model):
+        return sections.architecture(model)
     return [{"name": n, "type": type(m).__name__, "args": _ARGS.get(type(m), lambda m: {})(m)}
             for n, m in flat_modules(model)]
 
 
 def from_architecture(spec: list[dict[str, Any]]) -> nn.Sequential:
     """Build the (untrained) chain an `architecture` description names, same module names."""
+    if isinstance(spec, dict) and spec.get("format", "").startswith("prunelab.sections"):
+        from prunelab.sections import from_architecture as sectioned
+
+        return sectioned(spec)
     types = {t.__name__: t for t in SUPPORTED}
     root = nn.Sequential()
     for entry in spec:
