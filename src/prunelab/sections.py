@@ -72,10 +72,11 @@ class Section(nn.Module):
                  pre: nn.Module | None = None, post: nn.Module | None = None,
                  shortcut_from_pre: bool = False, unit_point: int | None = None):
         super().__init__()
-        self.pre = pre
-        self.body = body
+        # registered even when None, so every Section has the same children
+        self.register_module("pre", pre)
+        self.register_module("body", body)
         self.shortcut = shortcut if shortcut is not None else nn.Identity()
-        self.post = post
+        self.register_module("post", post)
         self.shortcut_from_pre = bool(shortcut_from_pre)
         self.unit_point = unit_point
 

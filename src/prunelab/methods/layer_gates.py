@@ -131,6 +131,7 @@ class SectionGates:
         self.theta = theta
         self.theta_grad = True
         self._xi: torch.Tensor | None = None
+        self._batch: int | None = None
         self._state: list[str] = []
         self._parts: list[slice] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -164,16 +165,22 @@ class SectionGates:
         return out
 
     def draw(self, batch: int) -> None:
-        """Sample the gates of one training forward pass of `batch` examples."""
+        """Sample the gates of one training forward pass of `batch` examples (nothing to
+        sample once every gate is decided: the hooks then need no draw)."""
+        self._state = self._decided()
+        self._batch = batch
+        if "free" not in self._state:
+            self._xi = None
+            return
         value = self.theta.detach()
         xi = sample(value, batch).to(value.dtype)
         if self.theta_grad:
             xi = xi + self.theta - value
         self._xi = xi
-        self._state = self._decided()
 
     def clear(self) -> None:
         self._xi = None
+        self._batch = None
 
     def _hook(self, k: int):
         def hook(module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
@@ -184,7 +191,7 @@ class SectionGates:
                 if bool(keep.all()):
                     return output
                 return output * keep.to(output.dtype).view(1, *shape[1:])
-            if self._xi is None or self._xi.shape[0] != output.shape[0]:
+            if self._batch != output.shape[0]:
                 self.draw(output.shape[0])
             state = self._state[k]
             if state == "on":
