@@ -527,6 +527,11 @@ GROUP_COLUMNS = ["runs", "n", "sections kept", "error mean %", "error SD", "para
                  "FLOPs mean", "training FLOPs saved", "seconds mean"]
 
 
+def _shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for a report table: '-' where a value does not apply (dense runs)."""
+    return [{k: "-" if v is None else v for k, v in r.items()} for r in rows]
+
+
 def _report(res: dict[str, Any], firewall_lines: list[str]) -> str:
     s = res["settings"]
     mode = "quick" if res["quick"] else "full"
@@ -552,14 +557,15 @@ def _report(res: dict[str, Any], firewall_lines: list[str]) -> str:
     if res["resnet_screen"]:
         lines += [f"ResNet-20 dense validation error: "
                   f"{res['resnet_dense_validation_error_pct']:.2f}%.", "",
-                  markdown_table(res["resnet_screen"], SCREEN_COLUMNS), ""]
+                  markdown_table(_shown(res["resnet_screen"]), SCREEN_COLUMNS), ""]
     lines += ["## Runs (test set)", "",
               "Layout: one entry per gated section in order, '-' removed, else its units "
               "(MLP) or 'kept'; 'dense' for the dense start network.", "",
-              markdown_table(res["runs"], RUN_COLUMNS), "", "Per group:", "",
+              markdown_table(_shown(res["runs"]), RUN_COLUMNS), "", "Per group:", "",
               markdown_table(res["groups"], GROUP_COLUMNS), ""]
     if res["resnet_runs"]:
-        lines += ["ResNet-20 runs:", "", markdown_table(res["resnet_runs"], RUN_COLUMNS), "",
+        lines += ["ResNet-20 runs:", "", markdown_table(_shown(res["resnet_runs"]), RUN_COLUMNS),
+                  "",
                   markdown_table(res["resnet_groups"], GROUP_COLUMNS), ""]
     else:
         lines += ["ResNet-20 part: off (see the module docstring: about 0.37 s per step at "
