@@ -14,11 +14,14 @@ network, training FLOPs saved by rebuilding during training, wall time.
 Optional (`resnet`, off by default): ResNet-20 (option-A shortcuts) at width 0.25 on an MNIST
 subset, every basic block a gated section, swept over the strength with parameter-weighted
 (flops_weight 0) and FLOPs-weighted (flops_weight 1) costs: the trade-off between them. Off
-by default because a ResNet-20 step at width 0.25 (batch 100) takes about 0.37 s on this
-2-core machine under load (a 60-step epoch of a 6,000-image subset about 25 s), so the sweep
-alone takes tens of minutes; `run(out, plan={"resnet": True})` turns it on. In an MLP the
-two weightings coincide up to biases (a Linear weight is one parameter and 2 FLOPs per
-example), which the report shows from the costs themselves.
+by default because a ResNet-20 step at width 0.25 (batch 100) takes 0.2-0.37 s on this 2-core
+machine (the default 10,000 images x 10 epochs: about 5 minutes per run, 18 runs), and not
+validated: a shorter attempt (6,000 images, 3 epochs, 150 steps; docs/layer-pruning.md) left
+the network undertrained (26% test error dense) and the gates removed every block within
+about 25 steps at every strength, since the costs outweigh the data term of an untrained
+network; `run(out, plan={"resnet": True})` turns it on. In an MLP the two weightings coincide
+up to biases (a Linear weight is one parameter and 2 FLOPs per example), which the report
+shows from the costs themselves.
 
 Test-set firewall: the strength (and, for the ResNet, one strength per weighting) is chosen on
 a validation split of the training set (`fw.validation`), with the rule written here before
@@ -119,8 +122,8 @@ class Settings:
     options: dict[str, Any] = field(default_factory=lambda: dict(METHOD_OPTIONS))
     resnet: bool = False
     resnet_width: float = 0.25
-    resnet_n_train: int = 6000
-    resnet_epochs: int = 3
+    resnet_n_train: int = 10000
+    resnet_epochs: int = 10
     resnet_strengths: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0])
     resnet_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
@@ -131,7 +134,8 @@ def settings(quick: bool) -> Settings:
         return Settings(n_train=10000, epochs=8, depths=[8], seeds=[0, 1], combined_seeds=[0],
                         strengths=[0.3, 1.0], selection_seeds=[0],
                         options={**METHOD_OPTIONS, "penalty_scale": 5.0},
-                        resnet_strengths=[1.0], resnet_seeds=[0])
+                        resnet_n_train=3000, resnet_epochs=3, resnet_strengths=[1.0],
+                        resnet_seeds=[0])
     return Settings(n_train=None, epochs=20, depths=[8, 12], seeds=list(range(SEEDS_FULL)),
                     combined_seeds=list(range(SEEDS_FULL)), strengths=[0.1, 0.3, 0.5, 1.0],
                     selection_seeds=[0])
@@ -568,8 +572,9 @@ def _report(res: dict[str, Any], firewall_lines: list[str]) -> str:
                   "",
                   markdown_table(res["resnet_groups"], GROUP_COLUMNS), ""]
     else:
-        lines += ["ResNet-20 part: off (see the module docstring: about 0.37 s per step at "
-                  "width 0.25 on this machine; `plan={'resnet': True}`).", ""]
+        lines += ["ResNet-20 part: off (see the module docstring: 0.2-0.37 s per step at "
+                  "width 0.25 on this machine, and not validated; `plan={'resnet': True}`).",
+                  ""]
     lines += [f"Parameter- vs FLOPs-weighted costs in the deep MLP differ by at most "
               f"{100 * res['mlp_cost_difference_params_vs_flops']:.2f}% (biases only: a Linear "
               "weight is one parameter and 2 FLOPs per example), so flops_weight changes "
