@@ -34,17 +34,16 @@ from prunelab.train import Trainer
 
 def _gates(model: nn.Module, sections: dict[str, float],
            units: dict[str, torch.Tensor] | None = None) -> SectionGates:
-    """Hooks with fixed thetas (0/1 make training mode deterministic)."""
+    """Hooks with fixed thetas (0/1 make training mode deterministic): one flat theta,
+    sections first, then each unit vector."""
     units = units or {}
-    parts = [torch.tensor([v]) for v in sections.values()] + list(units.values())
-    theta = torch.cat(parts).float().requires_grad_(True)
-    bounds, start = {}, 0
-    for n, t in [*((n, 1) for n in sections), *((n, u.numel()) for n, u in units.items())]:
-        bounds.setdefault(n, []).append(slice(start, start + t))
-        start += t
-    sec = {n: bounds[n][0] for n in sections}
-    uni = {n: bounds[n][-1] for n in units}
-    return SectionGates(model, theta, sec, uni)
+    sizes = [1] * len(sections) + [u.numel() for u in units.values()]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    parts = [slice(a, a + n) for a, n in zip(starts, sizes)]
+    theta = torch.cat([torch.tensor([float(v)]) for v in sections.values()]
+                      + [u.float() for u in units.values()]).requires_grad_(True)
+    return SectionGates(model, theta, dict(zip(sections, parts[:len(sections)])),
+                        dict(zip(units, parts[len(sections):])))
 
 
 def _mlp(widths=(8, 8, 8), inputs=6, seed=0) -> nn.Module:

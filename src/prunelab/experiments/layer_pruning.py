@@ -230,13 +230,15 @@ def _choose(screen: list[dict[str, Any]], dense_error: float, margin: float,
     return max(ok) if ok else min(by)
 
 
-def _choose_flops(screen: list[dict[str, Any]], dense_error: float, budget: float) -> float:
+def _choose_flops(screen: list[dict[str, Any]], dense_error: float, budget: float
+                  ) -> tuple[float, bool]:
     """The ResNet rule: per weighting, the strength with the fewest final FLOPs among those
-    whose validation error is within `budget` of dense's (the smallest strength if none)."""
+    whose validation error is within `budget` of dense's, and whether one was (if none, the
+    smallest strength, and the weightings are not compared "at equal error")."""
     ok = [r for r in screen if r["error_pct"] <= dense_error + budget]
     if not ok:
-        return min(r["strength"] for r in screen)
-    return min(ok, key=lambda r: (r["flops"], -r["strength"]))["strength"]
+        return min(r["strength"] for r in screen), False
+    return min(ok, key=lambda r: (r["flops"], -r["strength"]))["strength"], True
 
 
 @torch_threads(1)  # small models: intra-op threads only spin on a busy 2-core machine
@@ -291,6 +293,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         choices.update(strength=strength, rule=f"largest strength with mean validation error "
                        f"<= dense + {ERROR_MARGIN} points")
     resnet_screen, resnet_dense_val, resnet_choice = [], None, {}
+    resnet_within: dict[float, bool] = {}
     rdata = None
     if s.resnet:
         rsealed = sealed.subset_train(s.resnet_n_train, seed=0) \
@@ -309,11 +312,13 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                 log(f"[validation] resnet flops_weight {fwgt:g} strength {st:g}: "
                     f"{resnet_screen[-1]['layout']}, {resnet_screen[-1]['error_pct']:.2f}%, "
                     f"{resnet_screen[-1]['flops']:,} FLOPs")
-            resnet_choice[fwgt] = _choose_flops(
+            resnet_choice[fwgt], resnet_within[fwgt] = _choose_flops(
                 [r for r in resnet_screen if r["flops_weight"] == fwgt], resnet_dense_val,
                 RESNET_ERROR_BUDGET)
         choices["resnet_strength"] = {"params-weighted": resnet_choice[0.0],
                                       "flops-weighted": resnet_choice[1.0]}
+        choices["resnet_within_budget"] = {"params-weighted": resnet_within[0.0],
+                                           "flops-weighted": resnet_within[1.0]}
         choices["resnet_rule"] = (f"per weighting, the fewest FLOPs with validation error <= "
                                   f"dense + {RESNET_ERROR_BUDGET} points")
         rdata = rsealed
@@ -360,7 +365,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                     f"{r['flops']:,} FLOPs")
     results = _summarise(s, quick, rows, resnet_rows, screen, dense_val, resnet_screen,
                          resnet_dense_val, shape, classes, time.perf_counter() - t0,
-                         sealed.n_train)
+                         sealed.n_train, all(resnet_within.values()))
     results["plan_overrides"] = dict(plan or {})
     results.update(fw.to_results())
     with atomic.staged_directory(out) as stage:
@@ -406,7 +411,8 @@ def _measure_mlp(gated: list[dict[str, Any]], dense: dict[int, dict[str, Any]]
     }
 
 
-def _measure(rows, resnet_rows, depth0: int | None, resnet_on: bool) -> dict[str, Measured]:
+def _measure(rows, resnet_rows, depth0: int | None, resnet_on: bool,
+             resnet_within: bool = True) -> dict[str, Measured]:
     out: dict[str, Measured] = {}
     dense = {r["seed"]: r for r in rows if r["kind"] == "dense" and r["depth"] == depth0}
     gated = [r for r in rows if r["kind"] == "gated" and r["depth"] == depth0
@@ -420,6 +426,11 @@ def _measure(rows, resnet_rows, depth0: int | None, resnet_on: bool) -> dict[str
         out["resnet:flops-vs-params"] = missing(
             "the ResNet part is off (plan resnet=True turns it on); in the MLP the two "
             "weightings give the same costs up to biases")
+        return out
+    if not resnet_within:
+        out["resnet:flops-vs-params"] = missing(
+            f"no strength of a weighting met the validation error budget (dense + "
+            f"{RESNET_ERROR_BUDGET} points): the two are not at equal error")
         return out
     by: dict[int, dict[str, dict[str, Any]]] = {}
     for r in resnet_rows:
@@ -459,8 +470,10 @@ def _group_stats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _summarise(s: Settings, quick, rows, resnet_rows, screen, dense_val, resnet_screen,
-               resnet_dense_val, shape, classes, seconds, n_train) -> dict[str, Any]:
-    measured = _measure(rows, resnet_rows, s.depths[0] if s.depths else None, s.resnet)
+               resnet_dense_val, shape, classes, seconds, n_train,
+               resnet_within: bool = True) -> dict[str, Any]:
+    measured = _measure(rows, resnet_rows, s.depths[0] if s.depths else None, s.resnet,
+                        resnet_within)
     verdicts = judge_all(CLAIMS, measured)
     return {
         "quick": quick, "settings": dataclasses.asdict(s), "n_train": n_train,

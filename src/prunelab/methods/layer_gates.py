@@ -68,6 +68,10 @@ is linear) when no nonlinearity lies outside the gated sections: `on_empty_netwo
 (default) fixes on the section with the largest theta and records it, 'error' raises
 ConfigError.
 
+Defaults are `BernoulliGating`'s (theta_init 0.9, lr_theta 1.0, ...) except `warmup` 0.1 and
+the new options; `prunelab.experiments.layer_pruning.METHOD_OPTIONS` gives the reproduction's
+(chosen on validation splits, docs/layer-pruning.md).
+
 End of training (`finalize`): free gates are rounded (theta >= 0.5 -> 1), the network is
 rebuilt without the structures at 0, the hooks are removed and `ctx.model` is the small
 deterministic network (sections with bodies, removed sections as their shortcuts).
@@ -215,13 +219,12 @@ class LayerGating(BernoulliGating):
     """Bernoulli gates on whole sections (and optionally the units inside them), with
     complexity-aware costs; removed sections are rebuilt away during training."""
 
-    theta_init: float = 0.5
-    warmup: float = 0.25
+    warmup: float = 0.1
     sections: list[str] | None = None
     unit_gates: bool = False
     projection: bool = True
     cost: str = "complexity"
-    strength: float = 0.05
+    strength: float = 0.1
     layer_balance: float = 0.5
     flops_weight: float = 0.5
     on_empty_network: str = "keep"
