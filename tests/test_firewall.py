@@ -245,11 +245,23 @@ def _tiny_sparse_training(tmp_path, monkeypatch):
     return st, lambda: st.run(tmp_path / "out", quick=True, progress=False, log=lambda s: None)
 
 
+def _tiny_layer_pruning(tmp_path, monkeypatch):
+    from prunelab.experiments import layer_pruning
+
+    _mnist(monkeypatch)
+    plan = {"n_train": 600, "epochs": 1, "depths": [2], "seeds": [0], "combined_seeds": [0],
+            "strengths": [1.0], "selection_seeds": [0], "resnet": True,
+            "resnet_n_train": 120, "resnet_epochs": 1, "resnet_strengths": [1.0],
+            "resnet_seeds": [0]}
+    return layer_pruning, lambda: layer_pruning.run(tmp_path / "out", quick=True, plan=plan,
+                                                    log=lambda s: None)
+
+
 TINY = {"deep-optima": _tiny_deep_optima, "hessian-spectrum": _tiny_hessian,
         "dead-units": _tiny_dead_units, "sparse-landscape": _tiny_landscape,
         "sparse-landscape-resnet": _tiny_landscape_resnet,
         "bernoulli": _tiny_bernoulli, "pareto": _tiny_pareto,
-        "sparse-training": _tiny_sparse_training}
+        "sparse-training": _tiny_sparse_training, "layer-pruning": _tiny_layer_pruning}
 
 
 def test_every_reproduction_is_covered():
@@ -319,6 +331,10 @@ def test_reproduction_records_each_test_evaluation_after_its_freeze(name, audit,
         assert [e["what"] for e in evaluations] == [
             "lenet-300-100 dense x1 seed 0",
             "lenet-300-100 bernoulli x1 seed 0 and its scratch twin"]
+    elif name == "layer-pruning":
+        assert choices["strength"] == 1.0 and [e["what"] for e in evaluations] == [
+            "MLP depth 2 seed 0: dense, gated, combined",
+            "ResNet-20 seed 0: dense, params- and FLOPs-weighted"]
     elif name == "pareto":
         assert choices["knee_weight"] == res["knee"]["weight"]
         assert [e["what"] for e in evaluations] == ["the knee, retrained", "SMGD (sgd)",

@@ -538,7 +538,12 @@ def kept_input_mask(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def architecture(model: nn.Module) -> list[dict[str, Any]] | dict[str, Any]:
     """A JSON-friendly description of a chain: one entry {name, type, args} per module; of a
-    graph model, `prunelab.graph_shrink.graph_architecture` (registry build + layer sizes)."""
+    sectioned model, `prunelab.sections.architecture`; of a graph model,
+    `prunelab.graph_shrink.graph_architecture` (registry build + layer sizes)."""
+    from prunelab import sections
+
+    if sections.is_sectioned(model):
+        return sections.architecture(model)
     if _graph(model):
         from prunelab.graph_shrink import graph_architecture
 
@@ -549,7 +554,11 @@ def architecture(model: nn.Module) -> list[dict[str, Any]] | dict[str, Any]:
 
 def from_architecture(spec: list[dict[str, Any]] | dict[str, Any]) -> nn.Module:
     """Build the (untrained) chain an `architecture` description names, same module names
-    (or the graph model of a graph description)."""
+    (or the sectioned or graph model of such a description)."""
+    if isinstance(spec, dict) and spec.get("format", "").startswith("prunelab.sections"):
+        from prunelab.sections import from_architecture as sectioned
+
+        return sectioned(spec)
     from prunelab.graph_shrink import from_graph_architecture, is_graph_architecture
 
     if is_graph_architecture(spec):

@@ -28,6 +28,8 @@ REPRODUCTIONS: dict[str, tuple[str, str]] = {
                          "bulk and outliers of the Hessian (Sagun et al.)"),
     "bernoulli": ("prunelab.experiments.bernoulli",
                   "Bernoulli-gate variational pruning (Guenter & Sideris)"),
+    "layer-pruning": ("prunelab.experiments.layer_pruning",
+                      "layer gates and complexity-aware costs on a deep MLP (Guenter & Sideris)"),
     "pareto": ("prunelab.experiments.pareto",
                "loss vs l1 Pareto front, knee, SMGD (Reiners et al.)"),
     "sparse-training": ("prunelab.experiments.sparse_training",

@@ -12,6 +12,7 @@ from prunelab.methods.base import MaskedMethod, PruningMethod, TrainContext
 from prunelab.methods.bernoulli import BernoulliGating
 from prunelab.methods.biobjective import BiobjectiveTraining
 from prunelab.methods.dst import SET, RigL
+from prunelab.methods.layer_gates import LayerGating
 from prunelab.methods.magnitude import FixedMask, GradualMagnitude, OneShotMagnitude
 from prunelab.methods.units import UnitPruning
 from prunelab.typecheck import check_fields
@@ -25,6 +26,7 @@ METHODS: dict[str, type[PruningMethod]] = {
     "annealed": AnnealedPruning,
     "units": UnitPruning,
     "bernoulli": BernoulliGating,
+    "layer-gates": LayerGating,
     "snip": SNIPMask,
     "grasp": GraSPMask,
     "synflow": SynFlowMask,
@@ -68,6 +70,6 @@ def build_method(name: str, **options: Any) -> PruningMethod:
     return METHODS[name](**options)
 
 
-__all__ = ["METHODS", "SET", "FixedMask", "GradualMagnitude", "GraSPMask", "MaskedMethod",
-           "OneShotMagnitude", "PruningMethod", "RandomMask", "RigL", "SNIPMask", "SynFlowMask",
-           "TrainContext", "build_method", "list_methods", "method_options"]
+__all__ = ["METHODS", "SET", "FixedMask", "GradualMagnitude", "GraSPMask", "LayerGating",
+           "MaskedMethod", "OneShotMagnitude", "PruningMethod", "RandomMask", "RigL", "SNIPMask",
+           "SynFlowMask", "TrainContext", "build_method", "list_methods", "method_options"]
