@@ -82,6 +82,9 @@ def _json_default(obj: Any) -> Any:
 # ----------------------------------------------------------------------------- staging
 
 OWNER_FILE = ".owner"  # inside a stage: the pid/host of the process writing it (flock-held)
+# inside a stage: scratch kept across interruptions (e.g. finished sub-runs), never part of
+# the result: removed when the stage becomes the output
+WORK_FOLDER = ".work"
 _HELD: dict[Path, tuple[Any, int]] = {}  # stages this process owns: (lock file, depth)
 
 
@@ -104,8 +107,11 @@ class StageInfo:
     kept: bool = False
 
     def describe(self) -> str:
+        same_host = not self.host or self.host == socket.gethostname()
+        if self.pid == os.getpid() and same_host:
+            return f"{self.path} (left by this process)"
         who = f"pid {self.pid}" if self.pid is not None else "an unknown process"
-        if self.host and self.host != socket.gethostname():
+        if not same_host:
             who += f" on {self.host}"
         return f"{self.path} (left by {who}, no longer running)"
 
@@ -170,15 +176,17 @@ def claim_stage(final: str | Path, *, keep: bool,
     return info
 
 
-def release_stage(final: str | Path, *, remove_owner: bool = False) -> None:
-    """Give up this process's claim on the stage of `final` (innermost nesting first); the
-    owner file stays (with the pid, for the report of a later run) unless `remove_owner`."""
+def release_stage(final: str | Path, *, remove_owner: bool = False, all_levels: bool = False
+                  ) -> None:
+    """Give up this process's claim on the stage of `final` (innermost nesting first, or
+    every level); the owner file stays (with the pid, for the report of a later run) unless
+    `remove_owner`."""
     stage = stage_path(final).absolute()
     held = _HELD.get(stage)
     if held is None:
         return
     fh, depth = held
-    if depth > 1:
+    if depth > 1 and not all_levels:
         _HELD[stage] = (fh, depth - 1)
         return
     del _HELD[stage]
@@ -187,10 +195,11 @@ def release_stage(final: str | Path, *, remove_owner: bool = False) -> None:
     fh.close()
 
 
-def clear_stage(stage: str | Path) -> None:
-    """Remove everything in a stage this process owns except its owner file."""
+def clear_stage(stage: str | Path, *, keep_work: bool = False) -> None:
+    """Remove everything in a stage this process owns except its owner file (and its work
+    folder, with `keep_work`)."""
     for p in Path(stage).iterdir():
-        if p.name == OWNER_FILE:
+        if p.name == OWNER_FILE or (keep_work and p.name == WORK_FOLDER):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
@@ -231,24 +240,28 @@ def staged_directory(final: str | Path, *, overwrite: bool = True, resumable: bo
     On an ordinary exception the stage is removed and `final` is left as it was, so a failed
     command leaves nothing half-written where results are expected. A `resumable` block
     interrupted (KeyboardInterrupt, a signal turned into `prunelab.signals.RunInterrupted`)
-    keeps its stage for the next run on the same output; so does any block killed outright."""
+    keeps its stage for the next run on the same output; so does any block killed outright.
+    When this process already holds the stage (e.g. `prunelab.subruns.SubrunCache`), its work
+    folder (`WORK_FOLDER`) survives a failure too; on success it is dropped before the rename.
+    """
     final = Path(final)
-    info = claim_stage(final, keep=resumable, report=report or _stderr)
+    held_before = stage_path(final).absolute() in _HELD
+    info = claim_stage(final, keep=resumable or held_before, report=report or _stderr)
     stage = info.path
     try:
         yield stage
     except BaseException as exc:
-        if resumable and _interrupted(exc):
+        if (resumable or held_before) and _interrupted(exc):
+            release_stage(final)
+        elif held_before:  # the outer claim keeps its work folder; results are not kept
+            clear_stage(stage, keep_work=True)
             release_stage(final)
         else:
             release_stage(final)
-            if stage.absolute() not in _HELD:
-                shutil.rmtree(stage, ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)
         raise
-    if stage.absolute() in _HELD and _HELD[stage.absolute()][1] > 1:
-        release_stage(final)  # a nested claim: the outer one commits
-        return
-    release_stage(final, remove_owner=True)
+    shutil.rmtree(stage / WORK_FOLDER, ignore_errors=True)
+    release_stage(final, remove_owner=True, all_levels=True)
     if final.exists():
         if not overwrite:
             shutil.rmtree(stage, ignore_errors=True)

@@ -435,7 +435,9 @@ class Trainer:
             platform.barrier()  # rank 0's checkpoint is on disk before any rank leaves
             if bar is not None:
                 bar.close()
-            where = f"step {step} of {total_steps} (epoch {epoch}, batch {batch})"
+            where = (f"the end of epoch {epoch} (step {step} of {total_steps})"
+                     if batch >= steps_per_epoch else
+                     f"step {step} of {total_steps} (epoch {epoch}, batch {batch})")
             raise RunInterrupted(signum, f"stopped by {signal_name(signum)} at {where}; "
                                  f"checkpoint saved in {self.resume_dir}; "
                                  + (self.resume_hint or "start the same run again on the same "

@@ -16,8 +16,8 @@ from typing import Any
 from prunelab import atomic
 from prunelab.config import RunConfig, TrainConfig
 from prunelab.report import aggregate, markdown_table, new_figure, save_figure, text_table
-from prunelab.retrain import retrain_from
-from prunelab.train import load_data, run
+from prunelab.subruns import SubrunCache
+from prunelab.train import load_data
 
 
 @dataclass
@@ -74,6 +74,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and write report.md, results.json and figures/ into `out` (atomically)."""
     log = log or (lambda s: None)
+    cache = SubrunCache.for_output(out)  # a killed attempt's finished runs are read back
     sparsities = [0.8, 0.95] if quick else [0.5, 0.8, 0.9, 0.95, 0.98]
     seeds = [0] if quick else [0, 1]
     start = time.perf_counter()
@@ -84,17 +85,17 @@ def run_demo(
             base = RunConfig(task.dataset, task.data_options, None, task.model,
                              task.model_options, "dense", {}, train)
             data = load_data(base)
-            dense = run(base, data=data, progress=progress)
+            dense = cache.run(base, data=data, progress=progress)
             rows.append(_row(task, "dense", 0.0, seed, dense))
             log(f"{task.dataset} seed {seed}: dense test accuracy "
                 f"{dense.final['test_accuracy']:.4f}")
             for s in sparsities:
                 cfg = RunConfig(task.dataset, task.data_options, None, task.model,
                                 task.model_options, "gmp", {"sparsity": s, **task.gmp}, train)
-                pruned = run(cfg, data=data, progress=progress)
+                pruned = cache.run(cfg, data=data, progress=progress)
                 rows.append(_row(task, "pruned", s, seed, pruned))
                 for init, label in (("scratch", "scratch"), ("original", "lottery")):
-                    r = retrain_from(cfg, pruned.masks, init,
+                    r = cache.retrain_from(cfg, pruned.masks, init,
                                      init_states={"step0": pruned.initial_state}, data=data,
                                      progress=progress)
                     rows.append(_row(task, label, s, seed, r))

@@ -398,6 +398,10 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                    "fits": {f"k={k} widths={list(w)} std={std:g} {act}": tr
                             for (k, w, std, act), (_, _, tr) in fits.cache.items()},
                    "claims": [v.to_dict() for v in verdicts], "figures": figs,
+                   # sections left out for missing data (the CLI reports them, exits non-zero)
+                   "skipped_sections": ([{"section": "F: MNIST outliers",
+                                          "reason": mnist["skipped"]}]
+                                        if "skipped" in mnist else []),
                    "seconds": time.perf_counter() - start, **fw.to_results()}
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results, verdicts))

@@ -46,10 +46,9 @@ from prunelab.landscape.paths import interpolate, plot_path
 from prunelab.masks import mask_sparsity
 from prunelab.models import build_model
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
-from prunelab.retrain import retrain_from
+from prunelab.subruns import SubrunCache
 from prunelab.threads import torch_threads
 from prunelab.train import evaluate
-from prunelab.train import run as train_run
 
 BARRIER_CLEAR = 0.05  # nats of training loss: above is "a clear barrier", below is "near 0"
 MONOTONE_TOLERANCE = 0.01  # fraction of L(0)
@@ -128,14 +127,16 @@ def _gmp_config(s: Settings, data: Dataset, lr: float) -> tuple[RunConfig, tuple
     return cfg, (begin, end, freq, total)
 
 
-def select_lr(s: Settings, data: Dataset, progress, log) -> tuple[float, list[dict[str, Any]]]:
+def select_lr(s: Settings, data: Dataset, progress, log, cache: SubrunCache | None = None
+              ) -> tuple[float, list[dict[str, Any]]]:
     """The learning rate of `s.lr_grid` whose 98% GMP run reaches the highest final accuracy on
     a validation split of the training set (the first of equals); never reads test data."""
+    cache = cache or SubrunCache(None)
     val = Firewall.validation(data, VALIDATION_FRACTION, seed=s.seed)
     rows = []
     for lr in s.lr_grid:
         cfg, _ = _gmp_config(s, val, lr)
-        res = train_run(cfg, data=val, progress=progress)
+        res = cache.run(cfg, data=val, progress=progress)
         rows.append({"lr": lr, "val_accuracy": res.final["test_accuracy"],
                      "val_loss": res.final["test_loss"], "train_loss": res.final["train_loss"]})
         log(f"lr {lr}: validation accuracy {rows[-1]['val_accuracy']:.4f} ({val.n_train} "
@@ -151,6 +152,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     lines and curves, write report, results and figure into `out` atomically
     (single-threaded, the thread count restored after)."""
     s = settings(quick)
+    cache = SubrunCache.for_output(out)  # a killed attempt's finished runs are read back
     start = time.perf_counter()
     fw = Firewall("sparse-landscape")
     try:
@@ -161,7 +163,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         data = data.subset_train(s.n_train, seed=s.seed)
     screen: list[dict[str, Any]] = []
     if s.lr is None:
-        lr, screen = select_lr(s, data, progress, log)
+        lr, screen = select_lr(s, data, progress, log, cache)
     else:
         lr = s.lr
     curve_lr = s.curve_lr if s.curve_lr is not None else lr
@@ -174,12 +176,13 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         f"{end} every {freq} of {total}, {data.n_train} training images")
     data = fw.test(data, "pruned (GMP), scratch and lottery training runs",
                    "test accuracy (each epoch)", count=3 * s.epochs)
-    pruned = train_run(cfg, data=data, progress=progress)
+    pruned = cache.run(cfg, data=data, progress=progress)
     masks = pruned.masks
     log("scratch and lottery retrains of the pruned mask")
-    scratch = retrain_from(cfg, masks, "scratch", data=data, progress=progress)
-    lottery = retrain_from(cfg, masks, "original", init_states={"step0": pruned.initial_state},
-                           data=data, progress=progress)
+    scratch = cache.retrain_from(cfg, masks, "scratch", data=data, progress=progress)
+    lottery = cache.retrain_from(cfg, masks, "original",
+                                 init_states={"step0": pruned.initial_state}, data=data,
+                                 progress=progress)
     model = build_model("lenet-300-100", data.input_shape, data.num_classes)
     masked_init = {k: (v * masks[k] if k in masks else v.clone())
                    for k, v in pruned.initial_state.items()}

@@ -38,10 +38,9 @@ from prunelab.landscape.paths import interpolate, plot_path
 from prunelab.masks import mask_sparsity
 from prunelab.models import build_model
 from prunelab.report import markdown_table, new_figure, save_figure, text_table
-from prunelab.retrain import retrain_from
+from prunelab.subruns import SubrunCache
 from prunelab.threads import torch_threads
 from prunelab.train import evaluate, resolve_device
-from prunelab.train import run as train_run
 
 _TRAIN_LOSS = "training loss on the evaluation subset (one seed)"
 
@@ -142,6 +141,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     """Train pruned, scratch and lottery ResNet-20s at each sparsity, evaluate the lines and
     curves with BatchNorm recomputed, write report, results and figure into `out`."""
     s = settings_override or settings(quick)
+    cache = SubrunCache.for_output(out)  # a killed attempt's finished runs are read back
     start = time.perf_counter()
     fw = Firewall("sparse-landscape-resnet")
     try:
@@ -167,13 +167,13 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         cfg = _config(s, data, sparsity, rewind_step)
         log(f"{sparsity:.0%}: GMP, then scratch and lottery (rewind to step {rewind_step} of "
             f"{total}) on {data.n_train} {s.dataset} images")
-        pruned = train_run(cfg, data=data, progress=progress)
+        pruned = cache.run(cfg, data=data, progress=progress)
         masks = pruned.masks
-        scratch = retrain_from(cfg, masks, "scratch", data=data, progress=progress)
+        scratch = cache.retrain_from(cfg, masks, "scratch", data=data, progress=progress)
         key = f"step{rewind_step}"
-        lottery = retrain_from(cfg, masks, f"rewind:{rewind_step}it",
-                               init_states={key: pruned.checkpoints[key]}, data=data,
-                               progress=progress)
+        lottery = cache.retrain_from(cfg, masks, f"rewind:{rewind_step}it",
+                                     init_states={key: pruned.checkpoints[key]}, data=data,
+                                     progress=progress)
         masked_init = {k: (v * masks[k] if k in masks else v.clone())
                        for k, v in pruned.initial_state.items()}
         states = {"init (masked)": masked_init, "pruned": pruned.final_state,
