@@ -56,7 +56,15 @@ from prunelab.errors import PrunelabError
 from prunelab.firewall import Firewall
 from prunelab.landscape.census import CensusConfig, run_census
 from prunelab.methods import build_method
-from prunelab.report import aggregate, markdown_table, new_figure, save_figure, text_table
+from prunelab.report import (
+    aggregate,
+    figure_title,
+    markdown_table,
+    method_color,
+    new_figure,
+    save_figure,
+    text_table,
+)
 from prunelab.subruns import SubrunCache
 from prunelab.threads import torch_threads
 
@@ -279,7 +287,7 @@ def _figures(stage: Path, census: dict[str, Any]) -> list[str]:
     sets = census["settings"]
     fig, axes = new_figure(2)
     ax = axes[0][0]
-    for m, color in (("dense", "C3"), ("annealed", "C0")):
+    for m, color in ((m, method_color(m)) for m in ("dense", "annealed")):
         pts = [(x["irrelevant"], x["count"]) for x in sets if x["method"] == m]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=m)
         fit = census["fits"].get(m) or {}
@@ -297,12 +305,15 @@ def _figures(stage: Path, census: dict[str, Any]) -> list[str]:
            title="optima count (log scale)")
     ax.legend(fontsize=7)
     ax = axes[0][1]
-    for m, color in (("dense", "C3"), ("annealed", "C0")):
+    for m, color in ((m, method_color(m)) for m in ("dense", "annealed")):
         pts = [(x["irrelevant"], x["success_rate"]) for x in sets if x["method"] == m]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=m)
     ax.set(xlabel="irrelevant variables", ylabel=f"success (test acc >= "
            f"{cfg['success_threshold']})", title="success rate", ylim=(-0.05, 1.05))
     ax.legend(fontsize=8)
+    title = (f"deep-optima census: XOR, {cfg['restarts']} restarts per setting, widths "
+             f"{cfg.get('widths')}, {cfg.get('epochs')} epochs")
+    figure_title(fig, title)
     count = "figures/census.png"
     save_figure(fig, stage / count)
     fig, axes = new_figure(2)
@@ -313,6 +324,8 @@ def _figures(stage: Path, census: dict[str, Any]) -> list[str]:
         ax.set_xticks(range(1, len(keys) + 1), [k.split("irr")[1] for k in keys])
         ax.set_yscale("log")
         ax.set(xlabel="irrelevant variables", ylabel="final training loss", title=m)
+    figure_title(fig, title, caption="boxes: quartiles of the restarts' final training loss, "
+                 "whiskers 1.5 IQR")
     losses = "figures/final_losses.png"
     save_figure(fig, stage / losses)
     return [count, losses]

@@ -45,7 +45,14 @@ from prunelab.landscape.curves import BezierCurve, evaluate_curve, train_curve
 from prunelab.landscape.paths import interpolate, plot_path
 from prunelab.masks import mask_sparsity
 from prunelab.models import build_model
-from prunelab.report import markdown_table, new_figure, save_figure, text_table
+from prunelab.report import (
+    figure_title,
+    markdown_table,
+    method_color,
+    new_figure,
+    save_figure,
+    text_table,
+)
 from prunelab.subruns import SubrunCache
 from prunelab.threads import torch_threads
 from prunelab.train import evaluate
@@ -244,7 +251,9 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     }
     with atomic.staged_directory(out) as stage:
         (stage / "figures").mkdir()
-        _figure(paths, stage / "figures" / "paths.png")
+        _figure(paths, stage / "figures" / "paths.png",
+                f"sparse-landscape{' (quick)' if quick else ''}: LeNet-300-100 on MNIST "
+                f"({data.n_train} images), GMP to {s.sparsity:.0%}, lr {lr}, {s.epochs} epochs")
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results, verdicts, fw))
     log(text_table(rows, ["path", "loss_a", "loss_b", "max_loss", "barrier", "monotone"]))
@@ -290,15 +299,13 @@ def measure(final: list[dict[str, Any]], paths: dict[str, Any]) -> dict[str, Mea
     }
 
 
-def _figure(paths: dict[str, Any], path: Path) -> None:
+def _figure(paths: dict[str, Any], path: Path, title: str = "sparse-landscape") -> None:
     fig, axes = new_figure(2, size=(5.6, 4.0))
-    styles = {"init->pruned": ("C0", "-"), "scratch->pruned": ("C3", "-"),
-              "lottery->pruned": ("C2", "-"),
-              "scratch->pruned sparse quadratic": ("C1", "--"),
-              "scratch->pruned sparse cubic": ("C4", "--"),
-              "scratch->pruned dense quadratic": ("k", ":")}
+    # the colour of the run the path starts from (report.method_color); curves dashed
+    styles = {"scratch->pruned sparse quadratic": "--", "scratch->pruned sparse cubic": "-.",
+              "scratch->pruned dense quadratic": ":"}
     for name, res in paths.items():
-        color, ls = styles.get(name, (None, "-"))
+        color, ls = method_color(name), styles.get(name, "-")
         plot_path(axes[0][0], res, split="train", label=name, color=color, ls=ls)
         plot_path(axes[0][1], res, split="test", metric="accuracy", label=name, color=color,
                   ls=ls)
@@ -306,6 +313,8 @@ def _figure(paths: dict[str, Any], path: Path) -> None:
     axes[0][0].set_title("training loss (t=1: pruned)", fontsize=9)
     axes[0][1].set_title("test accuracy", fontsize=9)
     axes[0][1].legend(fontsize=7)
+    figure_title(fig, title, caption="B: barrier, the largest gap between the path's loss "
+                 "and the chord between its endpoints (dotted)")
     save_figure(fig, path)
 
 

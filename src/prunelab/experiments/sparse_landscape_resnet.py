@@ -37,7 +37,14 @@ from prunelab.landscape.curves import BezierCurve, evaluate_curve, train_curve
 from prunelab.landscape.paths import interpolate, plot_path
 from prunelab.masks import mask_sparsity
 from prunelab.models import build_model
-from prunelab.report import markdown_table, new_figure, save_figure, text_table
+from prunelab.report import (
+    figure_title,
+    markdown_table,
+    method_color,
+    new_figure,
+    save_figure,
+    text_table,
+)
 from prunelab.subruns import SubrunCache
 from prunelab.threads import torch_threads
 from prunelab.train import evaluate, resolve_device
@@ -273,24 +280,22 @@ def measure(finals: list[dict[str, Any]], paths: dict[str, Any]) -> dict[str, An
 
 def _figure(paths: dict[str, Any], path: Path, s: Settings) -> None:
     fig, axes = new_figure(len(SPARSITIES), size=(4.2, 3.6))
-    colors = {"init->pruned": "C0", "scratch->pruned": "C3", "lottery->pruned": "C2",
-              "scratch->pruned sparse quadratic": "C1",
-              "scratch->pruned dense quadratic": "k"}
     for i, sparsity in enumerate(SPARSITIES):
         ax = axes[0][i]
         p = f"{sparsity:.0%} "
         for name, res in paths.items():
             if not name.startswith(p):
                 continue
-            kind = name[len(p):]
-            plot_path(ax, res, split="train", label=kind, color=colors.get(kind),
-                      ls="--" if "quadratic" in kind else "-")
-            ax.annotate(f"B={res.barrier():.2f}", xy=(0.5, max(res.loss())), fontsize=6,
-                        color=colors.get(kind))
+            kind = name[len(p):]  # coloured by the run it starts from; barriers marked (B)
+            plot_path(ax, res, split="train", label=kind, color=method_color(kind),
+                      ls={"sparse quadratic": "--", "dense quadratic": ":"}.get(
+                          kind.partition(" ")[2], "-"))
         ax.set_yscale("log")
-        ax.set_title(f"ResNet-20 (width {s.width:g}) on {s.dataset}, {sparsity:.0%}: "
-                     "training loss, BN recomputed (t=1 pruned)", fontsize=7)
+        ax.set_title(f"{sparsity:.0%}: training loss, BN recomputed (t=1 pruned)", fontsize=7)
         ax.legend(fontsize=6)
+    figure_title(fig, f"sparse-landscape-resnet: ResNet-20 (width {s.width:g}) on {s.dataset}",
+                 f"{s.epochs} epochs, lr {s.lr}", caption="B: barrier above the chord between "
+                 "the endpoints' losses (dotted)")
     save_figure(fig, path)
 
 
