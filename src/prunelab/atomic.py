@@ -165,9 +165,9 @@ def claim_stage(final: str | Path, *, keep: bool,
         info.kept = keep and bool(leftovers)
         if leftovers and not keep:
             clear_stage(stage)
-        if leftovers and report is not None:
+        if report is not None:
             report(f"found the staging folder of an interrupted run: {info.describe()}"
-                   + ("" if info.kept else "; cleared it"))
+                   + ("" if info.kept or not leftovers else "; cleared it"))
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()} {socket.gethostname()}\n")

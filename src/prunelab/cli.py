@@ -302,13 +302,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     run = registry.get(args.name)
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.name}"
-    if args.data_dir:
-        import os
+    import os
 
+    previous = os.environ.get("PRUNELAB_DATA")
+    if args.data_dir:  # what every data loader of the reproduction searches first
         if not Path(args.data_dir).is_dir():
             raise PrunelabError(f"--data-dir {args.data_dir} is not a directory")
         os.environ["PRUNELAB_DATA"] = str(Path(args.data_dir).resolve())
-    results = run(out, quick=args.quick, progress=_progress(args), log=print)
+    try:
+        results = run(out, quick=args.quick, progress=_progress(args), log=print)
+    finally:
+        if previous is None:
+            os.environ.pop("PRUNELAB_DATA", None)
+        else:
+            os.environ["PRUNELAB_DATA"] = previous
     print(f"wrote {out}/report.md")
     skipped = (results or {}).get("skipped_sections") or []
     if skipped:

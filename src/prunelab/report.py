@@ -154,4 +154,4 @@ def figure_title(fig: Any, run: str, settings: str | dict[str, Any] | None = Non
         settings = ", ".join(f"{k} {v}" for k, v in settings.items())
     fig.suptitle(run + (f" ({settings})" if settings else ""), fontsize=9)
     if caption:
-        fig.text(0.5, -0.02, caption, ha="center", va="top", fontsize=8)
+        fig.text(0.5, -0.09, caption, ha="center", va="top", fontsize=8)

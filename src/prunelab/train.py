@@ -375,6 +375,8 @@ class Trainer:
         step, start_epoch, start_batch = 0, 1, 0
         running_state: tuple[torch.Tensor, int] | None = None
         elapsed_before, warmup_total, resumes = 0.0, 0.0, 0
+        if ckpt is not None and ckpt.get("ranks"):  # this rank's own part of the state
+            ckpt.update(ckpt["ranks"][platform.rank])
         if ckpt is not None:
             step, metrics = int(ckpt["step"]), list(ckpt["metrics"])
             start_epoch = int(ckpt["epoch"]) + (1 if ckpt["epoch_done"] else 0)
@@ -413,6 +415,10 @@ class Trainer:
 
         def save(epoch: int, batch: int, epoch_done: bool, running: torch.Tensor,
                  seen: int) -> None:
+            ranks = None
+            if platform.distributed:  # each rank's own accumulators and generators
+                ranks = [None] * world
+                torch.distributed.all_gather_object(ranks, self._rank_state(running, seen))
             if not writes:
                 return
             self._save_checkpoint(
@@ -420,7 +426,7 @@ class Trainer:
                 batch=batch, epoch_done=epoch_done, metrics=metrics, running=running,
                 seen=seen, snapshots=[k for k in checkpoints if k != "step0"],
                 elapsed=elapsed_before + timer.elapsed(), warmup=warmup_total + timer.warmup,
-                resumes=resumes, initial_state=initial_state)
+                resumes=resumes, initial_state=initial_state, ranks=ranks)
 
         def stop_signal(request: StopRequest) -> int | None:
             signum = request.signum
@@ -578,8 +584,10 @@ class Trainer:
                          scaler: Any, step: int, epoch: int, batch: int, epoch_done: bool,
                          metrics: list[dict[str, Any]], running: torch.Tensor, seen: int,
                          snapshots: list[str], elapsed: float, warmup: float, resumes: int,
-                         initial_state: dict[str, torch.Tensor]) -> None:
-        """Write everything the next step depends on (see `prunelab.resume`)."""
+                         initial_state: dict[str, torch.Tensor],
+                         ranks: list[dict[str, Any]] | None = None) -> None:
+        """Write everything the next step depends on (see `prunelab.resume`); `ranks`: every
+        rank's `_rank_state` in a multi-process run."""
         model = ctx.model
         state = _snapshot(model)
         arch = None
@@ -597,8 +605,16 @@ class Trainer:
             "augment_rng": generator.get_state() if generator is not None else None,
             "metrics": metrics, "snapshots": snapshots,
             "running": running.detach().to("cpu").clone(), "seen": seen,
-            "elapsed": elapsed, "warmup": warmup, "resumes": resumes,
+            "elapsed": elapsed, "warmup": warmup, "resumes": resumes, "ranks": ranks,
         })
+
+    def _rank_state(self, running: torch.Tensor, seen: int) -> dict[str, Any]:
+        """What differs between the ranks of a multi-process run: each one's share of the
+        epoch's loss, its generators (saved by rank 0 for all, restored by each its own)."""
+        generator = self._augment_generator
+        return {"running": running.detach().to("cpu").clone(), "seen": seen,
+                "rng": prunelab_resume.rng_state(),
+                "augment_rng": generator.get_state() if generator is not None else None}
 
     def _agree_on_checkpoint(self, ckpt: dict[str, Any] | None) -> None:
         """Every rank must continue from the same step (or all start afresh)."""

@@ -18,6 +18,7 @@ from prunelab.config import RunConfig, load_config, save_config
 from prunelab.errors import ConfigError, PrunelabError, check_range
 from prunelab.masks import prunable_parameters
 from prunelab.retrain import parse_init, retrain_from
+from prunelab.runlog import stderr_line
 from prunelab.runs import load_result
 from prunelab.selection import select_masks
 from prunelab.train import TrainResult, load_data, run
@@ -81,8 +82,8 @@ def run_imp(
                   ) -> TrainResult:
         out = root / f"level_{level}" if root is not None else None
         if out is not None and resume and (out / "results.json").is_file():
-            if log is not None:
-                log(f"imp level {level}: finished before, read from {out}")
+            stderr_line(f"prunelab: imp level {level} finished before the interruption; "
+                        f"read back from {out}")
             return load_result(out)
         return train(out)
 
