@@ -46,7 +46,7 @@ from prunelab.config import RunConfig, TrainConfig, save_config
 from prunelab.data import Dataset, DataSource, as_source, load_dataset
 from prunelab.data.source import Batch, EpochOrder, derive_seed, shard, tensor_batches
 from prunelab.dist import Platform, checksum
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, MaskError
 from prunelab.masks import apply_masks, save_masks, sparsity_report
 from prunelab.methods import PruningMethod, TrainContext, build_method
 from prunelab.models import build_model
@@ -254,6 +254,7 @@ class Trainer:
         self.epoch_log = EpochLog(self.out_dir, echo=self.log,
                                   tensorboard=tensorboard if primary else None)
         self.resumed_from: int | None = None  # the step a resumed run continued from
+        self._no_checkpoint = False
 
     def _check_distributed(self) -> None:
         """What data-parallel training cannot do, refused in one line before any work."""
@@ -587,21 +588,30 @@ class Trainer:
                          initial_state: dict[str, torch.Tensor],
                          ranks: list[dict[str, Any]] | None = None) -> None:
         """Write everything the next step depends on (see `prunelab.resume`); `ranks`: every
-        rank's `_rank_state` in a multi-process run."""
+        rank's `_rank_state` in a multi-process run. A network a method reshaped into one
+        `prunelab.shrink.architecture` cannot describe gets no checkpoint (said once)."""
+        if self._no_checkpoint:
+            return
         model = ctx.model
         state = _snapshot(model)
         arch = None
-        if _architecture_changed(initial_state, state):
-            from prunelab.shrink import architecture
+        try:
+            if _architecture_changed(initial_state, state):
+                from prunelab.shrink import architecture
 
-            arch = architecture(model)
+                arch = architecture(model)
+            method_state = self.method.state_dict()
+        except MaskError as exc:
+            self._no_checkpoint = True
+            runlog.stderr_line(f"prunelab: no resumable checkpoint from step {step} on: {exc}")
+            return
         generator = self._augment_generator
         prunelab_resume.save_checkpoint(self.resume_dir, {
             "fingerprint": fingerprint, "step": step, "epoch": epoch, "batch": batch,
             "epoch_done": epoch_done, "model": state, "architecture": arch,
             "optimizer": ctx.optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "method": self.method.state_dict(), "rng": prunelab_resume.rng_state(),
+            "method": method_state, "rng": prunelab_resume.rng_state(),
             "augment_rng": generator.get_state() if generator is not None else None,
             "metrics": metrics, "snapshots": snapshots,
             "running": running.detach().to("cpu").clone(), "seen": seen,
