@@ -164,9 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
     _refuse_existing(out, args.overwrite)
     if args.tensorboard:
-        from prunelab.runlog import tensorboard_writer
+        from prunelab.runlog import check_tensorboard
 
-        tensorboard_writer(args.tensorboard).close()  # a missing package: one line, now
+        check_tensorboard()  # a missing package: one line, before any work
     from prunelab import dist
 
     hint = f"continue with: prunelab train --resume --out {out} (or rerun the same command)"

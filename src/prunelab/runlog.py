@@ -56,15 +56,20 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def tensorboard_writer(directory: str | Path) -> Any:
-    """A TensorBoard SummaryWriter on `directory`; a one-line ConfigError when the optional
-    `tensorboard` package is not installed."""
+def check_tensorboard() -> Any:
+    """torch's SummaryWriter class; a one-line ConfigError when the optional `tensorboard`
+    package (or one it needs) is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("--tensorboard needs the tensorboard package: pip install "
+    except ImportError as exc:
+        raise ConfigError(f"--tensorboard needs the tensorboard package ({exc}): pip install "
                           "'prunelab[tensorboard]' (or pip install tensorboard)") from None
-    return SummaryWriter(log_dir=str(directory))
+    return SummaryWriter
+
+
+def tensorboard_writer(directory: str | Path) -> Any:
+    """A TensorBoard SummaryWriter on `directory` (see `check_tensorboard`)."""
+    return check_tensorboard()(log_dir=str(directory))
 
 
 class EpochLog:
