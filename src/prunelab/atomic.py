@@ -207,19 +207,38 @@ def clear_stage(stage: str | Path, *, keep_work: bool = False) -> None:
             p.unlink()
 
 
-def stale_stages(directory: str | Path) -> list[StageInfo]:
-    """Staging folders under `directory` whose owner is gone (not locked by a live process)."""
+def _owned_elsewhere(stage: Path) -> bool:
+    """Whether another live process holds the stage's owner lock (probed, not kept)."""
     import fcntl
 
+    if stage.absolute() in _HELD or not (stage / OWNER_FILE).is_file():
+        return False
+    try:
+        with open(stage / OWNER_FILE, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    return False
+
+
+def refuse_if_owned(final: str | Path) -> None:
+    """ConfigError when a live process other than this one is writing `final`'s stage (what
+    `claim_stage` would refuse), without creating or claiming anything."""
+    stage = stage_path(final)
+    if stage.is_dir() and _owned_elsewhere(stage):
+        pid, _ = _read_owner(stage)
+        who = f"pid {pid}" if pid is not None else "another process"
+        raise ConfigError(f"{final} is being written by a running prunelab process ({who}; "
+                          f"staging folder {stage}); wait for it to finish or give another "
+                          "output")
+
+
+def stale_stages(directory: str | Path) -> list[StageInfo]:
+    """Staging folders under `directory` whose owner is gone (not locked by a live process)."""
     out = []
     for stage in sorted(Path(directory).glob(".*.partial")):
-        if not stage.is_dir() or stage.absolute() in _HELD:
+        if not stage.is_dir() or stage.absolute() in _HELD or _owned_elsewhere(stage):
             continue
-        try:
-            with open(stage / OWNER_FILE, "a+") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # a live process holds it (or it cannot be read)
         pid, host = _read_owner(stage)
         out.append(StageInfo(stage, stale=True, pid=pid, host=host))
     return out

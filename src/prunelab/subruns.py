@@ -10,7 +10,8 @@ and the kind of run (train, or retrain from an init). A finished sub-run is read
 (`prunelab.runs.load_result`, tensors bit for bit) together with the global random
 generators' state it ended with, so the code after it draws exactly what it would have; one
 that was interrupted continues from its checkpoint. The folder is the command's own: it is
-claimed for this process (a second command on the same output is refused) and dropped when
+claimed for this process when the first sub-run starts (a second command on the same output
+is refused) and dropped when
 the command's `staged_directory` renames the stage into place (`atomic.WORK_FOLDER`); an
 error in the command keeps it, so the next attempt reuses every finished sub-run.
 
@@ -41,20 +42,31 @@ FOLDER = "subruns"
 class SubrunCache:
     """Run directories of finished (or interrupted) sub-runs under `directory` (None: off)."""
 
-    def __init__(self, directory: str | Path | None):
-        self.directory = Path(directory) if directory is not None else None
+    def __init__(self, directory: str | Path | None, *, output: str | Path | None = None):
+        self._directory = Path(directory) if directory is not None else None
+        self._output = output  # claimed when the first sub-run starts (for_output)
         self.hits = 0
         self.runs = 0
 
     @classmethod
     def for_output(cls, out: str | Path) -> SubrunCache:
-        """The cache of a command writing `out`: STAGE/.work/subruns, the stage claimed for
-        this process (kept if an earlier, killed process left it; refused if one is alive)."""
-        held = atomic.stage_path(out).absolute() in atomic._HELD
-        info = atomic.claim_stage(out, keep=True)
-        if not held:  # an earlier attempt's results are rewritten; its sub-runs are reused
-            atomic.clear_stage(info.path, keep_work=True)
-        return cls(info.path / atomic.WORK_FOLDER / FOLDER)
+        """The cache of a command writing `out`: STAGE/.work/subruns. A live process writing
+        `out` is refused now; the stage is claimed for this process when the first sub-run
+        starts (so a command that fails before training leaves nothing behind), keeping the
+        sub-runs an earlier, killed attempt finished."""
+        atomic.refuse_if_owned(out)
+        return cls(None, output=out)
+
+    @property
+    def directory(self) -> Path | None:
+        """Where the sub-runs live (None: the cache is off)."""
+        if self._directory is None and self._output is not None:
+            held = atomic.stage_path(self._output).absolute() in atomic._HELD
+            info = atomic.claim_stage(self._output, keep=True)
+            if not held:  # an earlier attempt's results are rewritten; its sub-runs reused
+                atomic.clear_stage(info.path, keep_work=True)
+            self._directory = info.path / atomic.WORK_FOLDER / FOLDER
+        return self._directory
 
     # ------------------------------------------------------------------ runs
 
@@ -119,8 +131,8 @@ class SubrunCache:
 
     def remove(self) -> None:
         """Delete the cache (the command has written its results)."""
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- keys
