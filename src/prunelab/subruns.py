@@ -62,7 +62,7 @@ class SubrunCache:
         """Where the sub-runs live (None: the cache is off)."""
         if self._directory is None and self._output is not None:
             held = atomic.stage_path(self._output).absolute() in atomic._HELD
-            info = atomic.claim_stage(self._output, keep=True)
+            info = atomic.claim_stage(self._output, keep=True, report=atomic._stderr)
             if not held:  # an earlier attempt's results are rewritten; its sub-runs reused
                 atomic.clear_stage(info.path, keep_work=True)
             self._directory = info.path / atomic.WORK_FOLDER / FOLDER

@@ -412,7 +412,6 @@ class Trainer:
             contextlib.nullcontext(StopRequest())
         every = cfg.checkpoint_every
         timer = _WarmupTimer(self.device)
-        epoch = start_epoch - 1
 
         def save(epoch: int, batch: int, epoch_done: bool, running: torch.Tensor,
                  seen: int) -> None:
