@@ -218,9 +218,11 @@ def test_a_method_may_replace_model_and_optimizer_mid_training():
     @dataclass
     class Swap(PruningMethod):
         calls: int = 0
+        stale_forwards: int = 0  # forward passes through a model that is no longer ctx.model
 
         def batch_loss(self, model, x, y, loss_fn):
             self.calls += 1
+            self.stale_forwards += model is not self.ctx.model
             return loss_fn(model(x), y)
 
         def after_epoch(self, epoch):
@@ -235,6 +237,7 @@ def test_a_method_may_replace_model_and_optimizer_mid_training():
     trainer = Trainer(model, data, TrainConfig(epochs=2, batch_size=16), method, progress=False)
     result = trainer.fit()
     assert method.calls == 8
+    assert method.stale_forwards == 0  # the forward follows the replacement at once
     assert trainer.model is method.ctx.model and trainer.model is not model
     assert set(result.final_state) == {"1.weight", "1.bias"}
 

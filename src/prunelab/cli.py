@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError
+from prunelab.signals import RunInterrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,12 +46,37 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--checkpoint-steps", type=_int_list, metavar="K[,K...]",
                    help="also save the weights after these steps (for rewind:Kit)")
+    g.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="also write the resumable checkpoint every N steps (it is always "
+                   "written at the end of each epoch)")
     g.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     g.add_argument("--precision", help="fp32 (default), bf16 (autocast; CPU or GPU) or fp16 "
                    "(autocast with loss scaling; CUDA only)")
     g.add_argument("--channels-last", action="store_const", const=True, default=None,
                    help="NHWC memory format for conv weights and inputs (GPU convs)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+    g.add_argument("--tensorboard", metavar="DIR",
+                   help="also write TensorBoard scalars to DIR (needs the tensorboard package)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _epoch_log(args: argparse.Namespace):
+    """One line per epoch on stderr when it is not a terminal (logs, pipes; a terminal shows
+    the progress bar instead); none with --quiet."""
+    if getattr(args, "quiet", False) or sys.stderr.isatty():
+        return None
+    from prunelab.runlog import stderr_line
+
+    return stderr_line
 
 
 def _int_list(text: str) -> list[int]:
@@ -65,7 +91,8 @@ def _int_list(text: str) -> list[int]:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("epochs", "steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-            "lr_schedule", "seed", "device", "checkpoint_steps", "precision", "channels_last")
+            "lr_schedule", "seed", "device", "checkpoint_steps", "precision", "channels_last",
+            "checkpoint_every")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -95,7 +122,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         for name in list_methods():
             print(f"{name:12s} options: {', '.join(method_options(name)) or 'none'}")
         return 0
-    cfg = load_config(args.config) if args.config else RunConfig()
+    if args.resume and not args.out:
+        raise PrunelabError("--resume needs --out DIR: the output the interrupted run was "
+                            "writing")
+    if args.config:
+        cfg = load_config(args.config)
+    elif args.resume:
+        cfg = _interrupted_config(Path(args.out))
+    else:
+        cfg = RunConfig()
     if args.model:
         cfg.model = args.model
     if args.dataset:
@@ -128,24 +163,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.train = TrainConfig(**{**cfg.train.__dict__, **_train_overrides(args)}).validate()
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
     _refuse_existing(out, args.overwrite)
+    if args.tensorboard:
+        from prunelab.runlog import check_tensorboard
+
+        check_tensorboard()  # a missing package: one line, before any work
     from prunelab import dist
 
+    hint = f"continue with: prunelab train --resume --out {out} (or rerun the same command)"
     if dist.launched():  # started by torchrun: one data-parallel run over its processes
-        return _train_distributed(cfg, out, args)
+        return _train_distributed(cfg, out, args, hint)
     if cfg.method == "imp":
         from prunelab.methods.lottery import IMPConfig, run_imp, summarize
 
-        results = run_imp(cfg, out, progress=_progress(args))
+        results = run_imp(cfg, out, progress=_progress(args), log=_epoch_log(args),
+                          resume_hint=hint)
         rows = summarize(IMPConfig(**cfg.method_options).validate(), results)["levels"]
         _print_table(rows, ["level", "weight_sparsity", "test_accuracy", "test_loss"])
     else:
         from prunelab.train import run
 
-        result = run(cfg, out, progress=_progress(args))
+        result = run(cfg, out, progress=_progress(args), log=_epoch_log(args),
+                     tensorboard=args.tensorboard, resume_hint=hint)
         _print_table([_result_row(cfg, result)], ["method", "test_accuracy", "test_loss",
                                                   "weight_sparsity", "seconds"])
     print(f"wrote {out}")
     return 0
+
+
+def _interrupted_config(out: Path):
+    """The config an interrupted run at `out` was started with (kept in its staging folder)."""
+    from prunelab.atomic import stage_path
+    from prunelab.config import load_config
+
+    recorded = stage_path(out) / "config.yaml"
+    if not recorded.is_file():
+        raise PrunelabError(f"nothing to resume at {out}: no interrupted run's staging folder "
+                            f"({stage_path(out)}) with a config.yaml")
+    return load_config(recorded)
 
 
 def _result_row(cfg, result) -> dict[str, Any]:
@@ -155,7 +209,7 @@ def _result_row(cfg, result) -> dict[str, Any]:
             "seconds": result.final["train_seconds"]}
 
 
-def _train_distributed(cfg, out: Path, args: argparse.Namespace) -> int:
+def _train_distributed(cfg, out: Path, args: argparse.Namespace, hint: str) -> int:
     """One run over torchrun's processes (DistributedDataParallel; gloo on the CPU): rank 0
     prints and writes, the others train their share of every batch."""
     from prunelab import dist
@@ -167,7 +221,8 @@ def _train_distributed(cfg, out: Path, args: argparse.Namespace) -> int:
     platform = dist.detect(resolve_device(cfg.train.device))
     try:
         result = run(cfg, out, progress=_progress(args) and platform.is_primary,
-                     platform=platform)
+                     platform=platform, log=_epoch_log(args), resume_hint=hint,
+                     tensorboard=args.tensorboard)
         platform.barrier()
     finally:
         platform.shutdown()
@@ -186,7 +241,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     tag = args.init.replace(":", "-")
     out = Path(args.out) if args.out else run_dir.with_name(f"{run_dir.name}-retrain-{tag}")
     _refuse_existing(out, args.overwrite)
-    result = retrain(run_dir, args.init, out_dir=out, seed=args.seed, progress=_progress(args))
+    result = retrain(run_dir, args.init, out_dir=out, seed=args.seed, progress=_progress(args),
+                     log=_epoch_log(args), resume_hint="rerun the same command to continue")
     row = {"init": args.init, "test_accuracy": result.final["test_accuracy"],
            "test_loss": result.final["test_loss"],
            "weight_sparsity": result.sparsity["global"]["weight_sparsity"]}
@@ -246,8 +302,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     run = registry.get(args.name)
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.name}"
-    run(out, quick=args.quick, progress=_progress(args), log=print)
+    import os
+
+    previous = os.environ.get("PRUNELAB_DATA")
+    if args.data_dir:  # what every data loader of the reproduction searches first
+        if not Path(args.data_dir).is_dir():
+            raise PrunelabError(f"--data-dir {args.data_dir} is not a directory")
+        os.environ["PRUNELAB_DATA"] = str(Path(args.data_dir).resolve())
+    try:
+        results = run(out, quick=args.quick, progress=_progress(args), log=print)
+    finally:
+        if previous is None:
+            os.environ.pop("PRUNELAB_DATA", None)
+        else:
+            os.environ["PRUNELAB_DATA"] = previous
     print(f"wrote {out}/report.md")
+    skipped = (results or {}).get("skipped_sections") or []
+    if skipped:
+        for s in skipped:
+            print(f"prunelab: skipped {s['section']}: {s['reason']}", file=sys.stderr)
+        if not args.allow_missing_data:
+            print(f"prunelab: error: {len(skipped)} section(s) of '{args.name}' were skipped for "
+                  "missing data (listed above; the report says so too); give --data-dir DIR, "
+                  "or --allow-missing-data to accept a partial reproduction", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -279,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/NAME-HASH)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished run at --out (refused otherwise)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run at --out with the config it was started "
+                   "with (flags given override it); rerunning the same command also continues")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -312,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="a reproduction name, or 'list'")
     p.add_argument("--quick", action="store_true", help="a smaller run (minutes)")
     p.add_argument("--out")
+    p.add_argument("--data-dir", help="directory holding the data sets (mnist/, tabular/; "
+                   "else $PRUNELAB_DATA)")
+    p.add_argument("--allow-missing-data", action="store_true",
+                   help="exit 0 even when sections were skipped for missing data")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_reproduce)
 
@@ -339,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"prunelab: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:  # a checkpoint was written: say how to continue
+        print(f"prunelab: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("prunelab: interrupted", file=sys.stderr)
         return 130

@@ -49,6 +49,8 @@ class TrainConfig:
     checkpoint_epochs: bool = True
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = False
+    # also write the resumable checkpoint every N steps (it is always written at epoch ends)
+    checkpoint_every: int | None = None
 
     def validate(self) -> TrainConfig:
         check_fields(TrainConfig, {f.name: getattr(self, f.name)
@@ -71,6 +73,8 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got "
                               f"'{self.precision}'")
+        if self.checkpoint_every is not None:
+            check_range("checkpoint_every", self.checkpoint_every, 1)
         if not isinstance(self.channels_last, bool):
             raise ConfigError(f"channels_last must be true or false; got {self.channels_last!r}")
         return self
@@ -93,12 +97,13 @@ class RunConfig:
         return asdict(self)
 
     def config_hash(self) -> str:
-        """Short hash of everything that changes the result (not the data directory, nor the
-        device and memory layout the run happened to use)."""
+        """Short hash of everything that changes the result (not the data directory, the
+        device and memory layout the run happened to use, nor how often it checkpoints)."""
         d = self.to_dict()
         d.pop("data_dir", None)
         d["train"].pop("device", None)
         d["train"].pop("channels_last", None)
+        d["train"].pop("checkpoint_every", None)
         for key, default in _HASHED_UNLESS_DEFAULT.items():
             if d["train"].get(key) == default:
                 d["train"].pop(key)

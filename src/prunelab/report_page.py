@@ -25,7 +25,16 @@ from typing import Any
 
 from prunelab import atomic
 from prunelab.errors import ConfigError, PrunelabError
-from prunelab.report import aggregate, markdown_table, new_figure, save_figure
+from prunelab.report import (
+    aggregate,
+    figure_title,
+    markdown_table,
+    method_color,
+    new_figure,
+    remaining_axis,
+    save_figure,
+    spread_caption,
+)
 from prunelab.store import Store
 from prunelab.sweep import VALIDATION_SUFFIX
 
@@ -231,16 +240,20 @@ def pivot_table(summary: list[dict[str, Any]]) -> str:
     return markdown_table(rows, ["method", *tasks])
 
 
-def comparison_figures(summary: list[dict[str, Any]], fig_dir: Path, prefix: str) -> list[Path]:
-    """Accuracy vs the fraction of the starting network's weights removed, per task, and
-    training time per method."""
+def comparison_figures(summary: list[dict[str, Any]], fig_dir: Path, prefix: str,
+                       title: str | None = None) -> list[Path]:
+    """Accuracy vs the fraction of the starting network's weights remaining (log axis), per
+    task, and training time per method; one colour per method (`report.method_color`), the
+    sweep named in each figure's title (`title`)."""
+    title = title or prefix.rstrip("-_") or "sweep"
     if not summary:
         return []
     tasks = list(dict.fromkeys(r["task"] for r in summary))
     labels = list(dict.fromkeys(r["label"] for r in summary))
-    colors = {m: f"C{i % 10}" for i, m in enumerate(labels)}
+    colors = {m: method_color(m) for m in labels}
     fig, axes = new_figure(len(tasks))
     for ax, task in zip(axes[0], tasks):
+        removed = []
         for m in labels:
             pts = sorted((r["weights_removed_vs_start"], r["test_accuracy"],
                           r["test_accuracy_std"])
@@ -248,11 +261,15 @@ def comparison_figures(summary: list[dict[str, Any]], fig_dir: Path, prefix: str
             if pts and all(p[0] < 1e-6 for p in pts):  # dense: a reference line
                 ax.axhline(pts[0][1], color=colors[m], ls="--", label=m)
             elif pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts],
+                pts = [p for p in pts if p[0] < 1.0]
+                removed += [p[0] for p in pts]
+                ax.errorbar([1 - p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts],
                             marker="o", capsize=3, color=colors[m], label=m)
-        ax.set(title=task, xlabel="weights removed (vs the starting network)",
-               ylabel="test accuracy")
+        remaining_axis(ax, removed, label="weights remaining (vs the starting network)")
+        ax.set(title=task, ylabel="test accuracy")
         ax.legend(fontsize=8)
+    figure_title(fig, f"{title}: accuracy vs weights remaining",
+                 caption=spread_caption([r.get("n", 1) for r in summary]))
     paths = [save_figure(fig, fig_dir / f"{prefix}accuracy_vs_sparsity.png")]
     fig, axes = new_figure(len(tasks))
     for ax, task in zip(axes[0], tasks):
@@ -265,6 +282,8 @@ def comparison_figures(summary: list[dict[str, Any]], fig_dir: Path, prefix: str
         ax.set_yticks(range(len(rows)), names, fontsize=7)
         ax.invert_yaxis()
         ax.set(title=task, xlabel="training time per run (s)")
+    figure_title(fig, f"{title}: training time",
+                 caption=spread_caption([r.get("n", 1) for r in summary]))
     paths.append(save_figure(fig, fig_dir / f"{prefix}training_time.png"))
     return paths
 
@@ -320,6 +339,9 @@ def database_section(db: Path, out_dir: Path, fig_dir: Path, index: int) -> str:
             "Test accuracy (weights removed vs the starting network; **!** = flagged), "
             "methods x tasks:", "",
             pivot_table(summary), "",
+            "Figures: one colour per method in every figure; weights remaining on a log "
+            "axis; " + spread_caption([r.get("n", 1) for r in summary]) + ".",
+            "",
         ]
         chosen = chosen_on_validation(summary)
         if chosen:
@@ -330,7 +352,7 @@ def database_section(db: Path, out_dir: Path, fig_dir: Path, index: int) -> str:
                 "accuracy. The choice reads validation accuracies only.", "",
                 chosen_table(chosen), "",
             ]
-        for p in comparison_figures(summary, fig_dir, f"db{index}_"):
+        for p in comparison_figures(summary, fig_dir, f"db{index}_", title=f"sweep {sweeps}"):
             rel = Path(os.path.relpath(p, out_dir)).as_posix()
             lines += [f"![{p.stem}]({rel})", ""]
     else:

@@ -1,8 +1,10 @@
 """Retraining baselines from a pruned run's mask: `scratch` (a new random init), `original`
 (the run's own initial weights: the lottery-ticket baseline) and `rewind:K` (the weights at
 epoch K, or step K with `rewind:Kit`). The training recipe is the run's own; the mask is held
-fixed throughout. A run whose method removed units physically (shrunk.pt) is retrained from
-scratch at its final architecture: Liu et al.'s "scratch" baseline for structured pruning."""
+fixed throughout. A run whose method removed units (shrunk.pt: `bernoulli` shrinks while it
+trains, `units` writes its smaller network at the end) is retrained from scratch at its final
+architecture, Liu et al.'s "scratch" baseline for structured pruning; `original` and `rewind`
+are refused there."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from prunelab.errors import ConfigError
 from prunelab.masks import Masks
 from prunelab.methods import FixedMask
 from prunelab.runs import load_run
-from prunelab.shrink import architecture, kept_input_mask
+from prunelab.shrink import architecture, kept_input_mask, load_shrunk
 from prunelab.train import TrainResult, load_data, run
 
 SCRATCH_SEED_OFFSET = 1000
@@ -65,10 +67,12 @@ def retrain_from(
     progress: bool | None = None,
     extra_results: dict[str, Any] | None = None,
     architecture: list[dict[str, Any]] | None = None,
+    **run_options: Any,
 ) -> TrainResult:
     """Retrain `cfg`'s recipe under the fixed `masks` from the given init. `init_states` maps
     checkpoint names ('step0', 'epochK', 'stepK') to weights, for original and rewind.
-    `architecture` trains that (shrunk) chain instead of the config's model (see `run`)."""
+    `architecture` trains that (shrunk) chain instead of the config's model (see `run`);
+    `run_options` (resume, log, tensorboard, resume_hint) go to `prunelab.train.run`."""
     kind, ckpt = parse_init(init)
     new = retrain_config(cfg, init, seed)
     state = None
@@ -87,7 +91,7 @@ def retrain_from(
         data = load_data(new)
     return run(new, out_dir, progress=progress, data=data, method=method, initial_state=state,
                extra_results={"retrain": {"init": init}, **(extra_results or {})},
-               architecture=architecture)
+               architecture=architecture, **run_options)
 
 
 def retrain(
@@ -97,6 +101,7 @@ def retrain(
     out_dir: str | Path | None = None,
     seed: int | None = None,
     progress: bool | None = None,
+    **run_options: Any,
 ) -> TrainResult:
     """Retrain a finished run's mask from scratch, its original init, or a rewind point. A
     run whose method removed units physically (shrunk.pt: `units`, `bernoulli`) is retrained
@@ -105,15 +110,19 @@ def retrain(
     kind, ckpt = parse_init(init)
     loaded = load_run(run_dir)
     extra = {"retrain": {"init": init, "from": str(run_dir)}}
-    if loaded.masks is None and (Path(run_dir) / "shrunk.pt").is_file():
+    shrunk_file = Path(run_dir) / "shrunk.pt"
+    if shrunk_file.is_file():
+        # `bernoulli` shrank the network itself (load_run gives the small one); `units`
+        # trained it masked and wrote the physically smaller network beside its weights
         if kind != "scratch":
             raise ConfigError(
-                f"run {run_dir} removed units during training (shrunk.pt): its saved initial "
-                "weights do not fit the smaller network, so it can only be retrained from "
-                "scratch (--init scratch)")
-        return retrain_from(loaded.config, kept_input_mask(loaded.model), init, seed=seed,
+                f"run {run_dir} removed units (shrunk.pt): its saved initial weights do not "
+                "fit the smaller network, so it can only be retrained from scratch "
+                "(--init scratch)")
+        small = loaded.model if loaded.masks is None else load_shrunk(shrunk_file)
+        return retrain_from(loaded.config, kept_input_mask(small), init, seed=seed,
                             out_dir=out_dir, progress=progress, extra_results=extra,
-                            architecture=architecture(loaded.model))
+                            architecture=architecture(small), **run_options)
     if loaded.masks is None:
         raise ConfigError(f"run {run_dir} has no masks.pt: it was not pruned")
     states = {}
@@ -122,4 +131,4 @@ def retrain(
     elif kind == "rewind":
         states[ckpt] = loaded.state("init" if ckpt == "step0" else ckpt)
     return retrain_from(loaded.config, loaded.masks, init, init_states=states, seed=seed,
-                        out_dir=out_dir, progress=progress, extra_results=extra)
+                        out_dir=out_dir, progress=progress, extra_results=extra, **run_options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from prunelab.config import RunConfig, load_config
 from prunelab.errors import DataError, PrunelabError
 from prunelab.masks import Masks, apply_masks, load_masks
 from prunelab.models import build_model
+
+if TYPE_CHECKING:
+    from prunelab.train import TrainResult
 
 
 @dataclass
@@ -80,3 +83,37 @@ def load_run(path: str | Path, input_shape: tuple[int, ...] | None = None,
     if masks is not None:
         apply_masks(model, masks)
     return LoadedRun(path, cfg, model, masks, results)
+
+
+def load_result(path: str | Path) -> TrainResult:
+    """The `TrainResult` of a finished run directory, as `prunelab.train.run` returned it when
+    it wrote the directory: metrics, final numbers, the full sparsity report, masks, initial,
+    snapshot and final weights (tensors bit for bit; what a skipped IMP level or a cached
+    sub-run of a reproduction hands on)."""
+    from prunelab.train import TrainResult  # (train does not import runs: no cycle)
+
+    path = Path(path)
+    if not (path / "results.json").is_file():
+        raise PrunelabError(f"{path} is not a finished prunelab run (no results.json)")
+    results = json.loads((path / "results.json").read_text())
+    metrics_file = path / "metrics.jsonl"
+    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines()
+               if line.strip()] if metrics_file.is_file() else []
+    sparsity_file = path / "sparsity.json"
+    sparsity = (json.loads(sparsity_file.read_text()) if sparsity_file.is_file()
+                else {"global": results.get("sparsity", {})})
+    masks = load_masks(path / "masks.pt") if (path / "masks.pt").is_file() else None
+    initial = _load_state(path / "init.pt")
+    checkpoints = {"step0": initial}
+    for p in sorted((path / "checkpoints").glob("*.pt"), key=_snapshot_order):
+        checkpoints[p.stem] = _load_state(p)
+    return TrainResult(metrics, dict(results.get("final", {})), sparsity, masks, initial,
+                       checkpoints, _load_state(path / "weights.pt"))
+
+
+def _snapshot_order(p: Path) -> tuple[int, int]:
+    """step snapshots and epoch snapshots in the order a run takes them (by step, then epoch:
+    the dict order of TrainResult.checkpoints only matters for iteration)."""
+    name = p.stem
+    digits = "".join(c for c in name if c.isdigit())
+    return (0 if name.startswith("step") else 1, int(digits) if digits else 0)

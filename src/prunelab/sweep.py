@@ -419,6 +419,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}"
 
 
+_SWEEP_HINT = "run the same sweep again to continue (it resumes this run from there)"
+
+
 def execute_cell(config: dict[str, Any], run_dir: str, threads: int = 1) -> dict[str, Any]:
     """Run one cell into `run_dir` (in a worker) and return its metrics or its error.
 
@@ -432,11 +435,11 @@ def execute_cell(config: dict[str, Any], run_dir: str, threads: int = 1) -> dict
         if cfg.method == "imp":
             from prunelab.methods.lottery import run_imp
 
-            run_imp(cfg, run_dir, progress=False)
+            run_imp(cfg, run_dir, progress=False, resume_hint=_SWEEP_HINT)
         else:
             from prunelab.train import run
 
-            run(cfg, run_dir, progress=False)
+            run(cfg, run_dir, progress=False, resume_hint=_SWEEP_HINT)
         metrics = metrics_from_run_dir(run_dir)
     except Exception as exc:  # reported per run; the sweep continues
         return {"ok": False, "error": _one_line(exc), "wall_seconds": time.perf_counter() - start,
@@ -855,7 +858,9 @@ def _bar(total: int, initial: int, name: str, progress: bool | None):
 
 
 def _clean_partials(runs: Path) -> None:
-    """Remove staging directories left by runs killed mid-way (never trusted by a resume)."""
+    """Remove staging directories with random names left by runs of older versions killed
+    mid-way; a run's own staging folder (`.NAME.partial`, with its resumable checkpoint) is
+    left for the run to continue from when its cell runs again."""
     if runs.is_dir():
         for p in runs.glob(".*.partial-*"):
             shutil.rmtree(p, ignore_errors=True)

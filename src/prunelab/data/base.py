@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import zlib
 from collections.abc import Iterator
@@ -73,12 +74,18 @@ class Dataset(DataSource):
         }
 
     def train_batches(self, epoch: int, batch_size: int, seed: int = 0, *, rank: int = 0,
-                      world: int = 1) -> Iterator[Batch]:
+                      world: int = 1, start: int = 0) -> Iterator[Batch]:
         """Training batches of epoch `epoch` (from 1) in `epoch_order(n_train, seed, epoch)`,
-        augmented (when `augment` is set) with a generator seeded by (seed, epoch)."""
+        augmented (when `augment` is set) with a generator seeded by (seed, epoch); from batch
+        `start` on (the skipped batches' augmentation draws are replayed, so the rest match a
+        full pass)."""
         order = shard(epoch_order(self.n_train, seed, epoch), rank, world)
-        return tensor_batches(self.x_train, self.y_train, order, batch_size, self.augment,
-                              derive_seed(seed, epoch, "augment"))
+        it = tensor_batches(self.x_train, self.y_train, order, batch_size, self.augment,
+                            derive_seed(seed, epoch, "augment"))
+        if start and self.augment is None:
+            return tensor_batches(self.x_train, self.y_train, order[start * batch_size:],
+                                  batch_size)
+        return itertools.islice(it, start, None) if start else it
 
     def eval_batches(self, split: str = "test", batch_size: int = 2048) -> Iterator[Batch]:
         """Consecutive slices of a split ("train" is never augmented)."""

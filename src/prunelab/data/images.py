@@ -146,6 +146,14 @@ def _candidates(folder: str, stem: str) -> list[str]:
     return inside + [f"{stem}.gz", stem] if folder == "mnist" else inside
 
 
+def _data_root(data_dir: str | Path | None, folder: str) -> str | Path | None:
+    """`--data-dir` may name the data set's own folder (`.../fashion-mnist`) as well as the
+    directory holding it: the folder itself is searched through its parent."""
+    if data_dir is not None and Path(data_dir).expanduser().name == folder:
+        return Path(data_dir).expanduser().parent
+    return data_dir
+
+
 def _normalize_key(name: str) -> str:
     key = str(name).strip().lower().replace("_", "-")
     if key not in CANONICAL_FILES:
@@ -226,6 +234,7 @@ def _load_image_set(
             _check_int(opt, val)
             check_range(opt, int(val), 1)
     get_with = f"prunelab data download {key}"
+    data_dir = _data_root(data_dir, spec["folder"])
     paths = [find_data_file(_candidates(spec["folder"], s), data_dir, get_with) for s in IDX_FILES]
     x_tr, y_tr = _read_pair(paths[0], paths[1])
     x_te, y_te = _read_pair(paths[2], paths[3])
@@ -347,7 +356,8 @@ def download(
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise ConfigError(f"timeout must be a number of seconds, got {timeout!r}")
     check_range("timeout", timeout, 0, low_inclusive=False)
-    target = data_dirs(data_dir)[0] / _IMAGE_SETS[key]["folder"]
+    target = data_dirs(_data_root(data_dir, _IMAGE_SETS[key]["folder"]))[0] / \
+        _IMAGE_SETS[key]["folder"]
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -370,6 +380,7 @@ def dataset_files_status(
     """
     key = _normalize_key(name)
     folder = _IMAGE_SETS[key]["folder"]
+    data_dir = _data_root(data_dir, folder)
     md5s = {fname: md5 for fname, _, md5 in CANONICAL_FILES[key]}
     get_with = f"prunelab data download {key}"
     files = []

@@ -124,7 +124,9 @@ class DataSource(ABC):
     def train_batches(self, epoch: int, batch_size: int, seed: int = 0, *, rank: int = 0,
                       world: int = 1) -> Iterator[Batch]:
         """Training batches of epoch `epoch` (from 1), in `epoch_order(n_train, seed, epoch)`
-        (sharded by rank/world), augmented where the source augments; CPU tensors."""
+        (sharded by rank/world), augmented where the source augments; CPU tensors. A source
+        may also take `start=K` (keyword): begin at batch K of the epoch, with batch K exactly
+        as a full pass would give it (what a resumed run asks; else it skips K batches)."""
 
     @abstractmethod
     def eval_batches(self, split: str = "test", batch_size: int = 2048) -> Iterator[Batch]:
@@ -149,14 +151,16 @@ class DataSource(ABC):
 
 
 def tensor_batches(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch_size: int,
-                   augment: Augment | None = None, augment_seed: int | None = None
-                   ) -> Iterator[Batch]:
+                   augment: Augment | None = None, augment_seed: int | None = None, *,
+                   generator: torch.Generator | None = None) -> Iterator[Batch]:
     """Batches of in-memory tensors in `order` (on x's device), each gathered with
     `index_select` (whole rows: the same batch as x[idx], ~3x faster on the CPU at MNIST size,
-    benchmarks/batch_gather.py) and augmented with a generator seeded by `augment_seed`."""
-    generator = None
-    if augment is not None:
+    benchmarks/batch_gather.py) and augmented with a generator seeded by `augment_seed` (or
+    `generator` itself, e.g. one restored mid-epoch by a resumed run)."""
+    if augment is not None and generator is None:
         generator = torch.Generator(device=x.device).manual_seed(int(augment_seed or 0))
+    if augment is None:
+        generator = None
     for start in range(0, order.shape[0], batch_size):
         idx = order[start : start + batch_size]
         xb, yb = x.index_select(0, idx), y.index_select(0, idx)

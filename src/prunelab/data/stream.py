@@ -15,6 +15,7 @@ called when it has one); prunelab only iterates it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -63,10 +64,11 @@ class _Batches:
     def __init__(self) -> None:
         self.batches: list[_Indices] = []
 
-    def set(self, order: torch.Tensor, batch_size: int, seed: int | None) -> None:
+    def set(self, order: torch.Tensor, batch_size: int, seed: int | None, start: int = 0
+            ) -> None:
         idx = order.tolist()
         self.batches = [_Indices(idx[i : i + batch_size], seed)
-                        for i in range(0, len(idx), batch_size)]
+                        for i in range(start * batch_size, len(idx), batch_size)]
 
     def __iter__(self) -> Iterator[_Indices]:
         return iter(self.batches)
@@ -263,7 +265,10 @@ class StreamingSource(DataSource):
         return self._loaders[key]
 
     def train_batches(self, epoch: int, batch_size: int, seed: int = 0, *, rank: int = 0,
-                      world: int = 1) -> Iterator[Batch]:
+                      world: int = 1, start: int = 0) -> Iterator[Batch]:
+        """The epoch's batches from batch `start` on; samples are seeded per (seed, epoch,
+        index), so a batch is the same whether or not the batches before it were fetched (a
+        user's DataLoader is iterated and its first `start` batches dropped)."""
         if isinstance(self.train, DataLoader):
             if world != 1:
                 raise ConfigError("a DataLoader passed as training data cannot be sharded by "
@@ -271,10 +276,11 @@ class StreamingSource(DataSource):
             set_epoch = getattr(self.train.sampler, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(epoch)
-            return _iterate(self.train)
+            it = _iterate(self.train)
+            return itertools.islice(it, start, None) if start else it
         order = shard(epoch_order(self._n_train, seed, epoch), rank, world)
         loader, sampler = self._loader("fit", self.train, batch_size)
-        sampler.set(order, batch_size, derive_seed(seed, epoch, "augment"))
+        sampler.set(order, batch_size, derive_seed(seed, epoch, "augment"), start)
         return _iterate(loader)
 
     def _split_data(self, split: str) -> Any:

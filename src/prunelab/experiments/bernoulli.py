@@ -72,7 +72,7 @@ from prunelab.methods.base import PruningMethod
 from prunelab.methods.bernoulli import BernoulliGating
 from prunelab.methods.magnitude import FixedMask
 from prunelab.models import mlp
-from prunelab.report import markdown_table, new_figure, save_figure, text_table
+from prunelab.report import figure_title, markdown_table, new_figure, save_figure, text_table
 from prunelab.seed_noise import error_variance_split, misclassified
 from prunelab.shrink import architecture, from_architecture, kept_input_mask
 from prunelab.threads import torch_threads
@@ -247,7 +247,8 @@ def _run_row(kind, factor, seed, result, model, seconds, method, input_shape,
     }
 
 
-def _trajectory_figure(trajectories: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def _trajectory_figure(trajectories: dict[str, list[dict[str, Any]]], path: Path,
+                       title: str = "bernoulli") -> None:
     n = sum(len([k for k in tr[0] if k != "step"]) for tr in trajectories.values())
     fig, axes = new_figure(ncols=max(n, 1), size=(4.0, 3.2))
     i = 0
@@ -264,10 +265,11 @@ def _trajectory_figure(trajectories: dict[str, list[dict[str, Any]]], path: Path
             ax.set_ylim(-0.03, 1.03)
             i += 1
     axes[0][0].set_ylabel("theta (blue: kept, red: removed)")
+    figure_title(fig, title)
     save_figure(fig, path)
 
 
-def _units_figure(rows: list[dict[str, Any]], path: Path) -> None:
+def _units_figure(rows: list[dict[str, Any]], path: Path, title: str = "bernoulli") -> None:
     kinds = sorted({r["model"] for r in rows})
     fig, axes = new_figure(ncols=len(kinds))
     for ax, kind in zip(axes[0], kinds):
@@ -281,6 +283,7 @@ def _units_figure(rows: list[dict[str, Any]], path: Path) -> None:
         ax2.scatter(xs, [r["test_error_pct"] for r in rs], marker="x", color="tab:red")
         ax2.set_ylabel("test error (%)", color="tab:red")
         ax.set_title(kind)
+    figure_title(fig, title, caption="one point per run (seed x starting width)")
     save_figure(fig, path)
 
 
@@ -432,8 +435,10 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     results.update(fw.to_results())
     with atomic.staged_directory(out) as stage:
         (stage / "figures").mkdir()
-        _trajectory_figure(trajectories, stage / "figures" / "theta_trajectories.png")
-        _units_figure(rows, stage / "figures" / "units_vs_start_width.png")
+        title = (f"bernoulli{' (quick)' if quick else ''}: Bernoulli gates on MNIST "
+                 f"({sealed.n_train} training images)")
+        _trajectory_figure(trajectories, stage / "figures" / "theta_trajectories.png", title)
+        _units_figure(rows, stage / "figures" / "units_vs_start_width.png", title)
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results))
     log(text_table(rows, ["model", "width", "seed", "final", "units", "test_error_pct",

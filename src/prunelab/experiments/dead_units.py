@@ -61,7 +61,7 @@ from prunelab.data import Dataset
 from prunelab.firewall import Firewall
 from prunelab.masks import apply_masks
 from prunelab.models import build_model, count_parameters
-from prunelab.report import markdown_table, new_figure, save_figure, text_table
+from prunelab.report import figure_title, markdown_table, new_figure, save_figure, text_table
 from prunelab.scores import dead_units, parameter_scores, select_units, unit_means, unit_scores
 from prunelab.selection import select_masks
 from prunelab.shrink import shrink, shrink_with_optimizer, widths
@@ -386,7 +386,9 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     results["seconds"] = time.perf_counter() - start
     results.update(fw.to_results())
     with atomic.staged_directory(out) as stage:
-        figures = _figures(stage, results["models"])
+        figures = _figures(stage, results["models"],
+                           f"dead-units{' (quick)' if quick else ''}: {s.dense_epochs} dense "
+                           f"epochs, {s.max_rounds} rounds of {s.round_fraction:g}")
         results["figures"] = figures
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results, figures, quick, verdicts, fw))
@@ -465,7 +467,7 @@ def _plot_by_score(ax, rows: list[dict[str, Any]], scores, x: str, y: str, title
     ax.legend(fontsize=8)
 
 
-def _figures(stage: Path, models: dict[str, Any]) -> list[str]:
+def _figures(stage: Path, models: dict[str, Any], title: str = "dead-units") -> list[str]:
     (stage / "figures").mkdir()
     files = []
     for name, e in models.items():
@@ -475,6 +477,7 @@ def _figures(stage: Path, models: dict[str, Any]) -> list[str]:
             _plot_by_score(ax, e["units"]["rows"], UNIT_SCORE_NAMES, "fraction", kind,
                            f"{name}: {title}", "fraction of units removed per layer")
         path = f"figures/units_{name}.png"
+        figure_title(fig, title)
         save_figure(fig, stage / path)
         files.append(path)
         fig, axes = new_figure(1)
@@ -482,6 +485,7 @@ def _figures(stage: Path, models: dict[str, Any]) -> list[str]:
                        "loss_increase", f"{name}: weight scores",
                        "fraction of weights zeroed per layer")
         path = f"figures/weights_{name}.png"
+        figure_title(fig, title)
         save_figure(fig, stage / path)
         files.append(path)
         fig, axes = new_figure(1)
@@ -502,6 +506,7 @@ def _figures(stage: Path, models: dict[str, Any]) -> list[str]:
                ylabel="accuracy")
         ax.legend(fontsize=8)
         path = f"figures/iterative_{name}.png"
+        figure_title(fig, title)
         save_figure(fig, stage / path)
         files.append(path)
     return files

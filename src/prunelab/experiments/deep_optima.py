@@ -56,10 +56,17 @@ from prunelab.errors import PrunelabError
 from prunelab.firewall import Firewall
 from prunelab.landscape.census import CensusConfig, run_census
 from prunelab.methods import build_method
-from prunelab.report import aggregate, markdown_table, new_figure, save_figure, text_table
-from prunelab.retrain import retrain_from
+from prunelab.report import (
+    aggregate,
+    figure_title,
+    markdown_table,
+    method_color,
+    new_figure,
+    save_figure,
+    text_table,
+)
+from prunelab.subruns import SubrunCache
 from prunelab.threads import torch_threads
-from prunelab.train import run as train_run
 
 REAL_SETS = ("madelon-like", "madelon", "colon", "leukemia")
 REAL_BASELINES = {
@@ -154,9 +161,11 @@ def _relevant_fraction(masks: dict[str, torch.Tensor], relevant: list[int]) -> f
 
 
 def retrain_table(s: Settings, log: Callable[[str], None], progress,
-                  firewall: Firewall) -> list[dict[str, Any]]:
+                  firewall: Firewall, cache: SubrunCache | None = None) -> list[dict[str, Any]]:
     """Annealed nets on XOR and their masks retrained from scratch and from the original init
-    (test data handed out by the frozen `firewall`, each access recorded)."""
+    (test data handed out by the frozen `firewall`, each access recorded; finished runs of a
+    killed attempt read back from `cache`)."""
+    cache = cache or SubrunCache(None)
     c, p = s.census, s.retrain_irrelevant
     data = firewall.load("xor", n_relevant=c.n_relevant, n_irrelevant=p, n_train=c.n_train,
                          n_test=c.n_test, seed=c.data_seed)
@@ -166,16 +175,16 @@ def retrain_table(s: Settings, log: Callable[[str], None], progress,
     rows = []
     for seed in s.retrain_seeds:
         dense_cfg = _xor_cfg(c, p, seed, "dense", {})
-        dense = train_run(dense_cfg, data=data, method=build_method("dense"), progress=progress)
+        dense = cache.run(dense_cfg, data=data, method=build_method("dense"), progress=progress)
         cfg = _xor_cfg(c, p, seed, "annealed", c.annealed)
-        pruned = train_run(cfg, data=data, method=build_method("annealed", **c.annealed),
+        pruned = cache.run(cfg, data=data, method=build_method("annealed", **c.annealed),
                            progress=progress)
         rel = _relevant_fraction(pruned.masks, data.relevant_features)
         rows.append({"seed": seed, "net": "dense", "test_accuracy": dense.final["test_accuracy"]})
         rows.append({"seed": seed, "net": "annealed", "test_accuracy":
                      pruned.final["test_accuracy"], "relevant_fraction": rel})
         for init in ("scratch", "original"):
-            r = retrain_from(cfg, pruned.masks, init, data=data, progress=progress,
+            r = cache.retrain_from(cfg, pruned.masks, init, data=data, progress=progress,
                              init_states={"step0": pruned.initial_state})
             rows.append({"seed": seed, "net": f"retrain-{init}",
                          "test_accuracy": r.final["test_accuracy"]})
@@ -216,10 +225,12 @@ def _sklearn_rows(name: str, split: int, data: Dataset, trees: int) -> list[dict
     ]
 
 
-def real_table(s: Settings, log: Callable[[str], None], progress, firewall: Firewall
-               ) -> tuple[list[dict[str, Any]], list[str]]:
+def real_table(s: Settings, log: Callable[[str], None], progress, firewall: Firewall,
+               cache: SubrunCache | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """The real-data comparison; returns rows and notes on data sets that were skipped (test
-    data handed out by the frozen `firewall`, each access recorded)."""
+    data handed out by the frozen `firewall`, each access recorded; finished runs read back
+    from `cache`)."""
+    cache = cache or SubrunCache(None)
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     for name in REAL_SETS:
@@ -241,9 +252,9 @@ def real_table(s: Settings, log: Callable[[str], None], progress, firewall: Fire
                              train=TrainConfig(epochs=epochs, batch_size=bs, optimizer="adam",
                                                lr=3e-3, seed=split, eval_train=False,
                                                checkpoint_epochs=False))
-            dense = train_run(base, data=data, method=build_method("dense"), progress=progress)
+            dense = cache.run(base, data=data, method=build_method("dense"), progress=progress)
             cfg = RunConfig(**{**base.__dict__, "method": "annealed", "method_options": ann})
-            pruned = train_run(cfg, data=data, method=build_method("annealed", **ann),
+            pruned = cache.run(cfg, data=data, method=build_method("annealed", **ann),
                                progress=progress)
             first = next(iter(pruned.masks.values()))
             used = int(first.any(dim=0).sum())
@@ -257,7 +268,7 @@ def real_table(s: Settings, log: Callable[[str], None], progress, firewall: Fire
             rows.append({**row, "model": "annealed", **extra,
                          "test_accuracy": pruned.final["test_accuracy"]})
             for init in ("scratch", "original"):
-                r = retrain_from(cfg, pruned.masks, init, data=data, progress=progress,
+                r = cache.retrain_from(cfg, pruned.masks, init, data=data, progress=progress,
                                  init_states={"step0": pruned.initial_state})
                 rows.append({**row, "model": f"retrain-{init}",
                              "test_accuracy": r.final["test_accuracy"]})
@@ -276,7 +287,7 @@ def _figures(stage: Path, census: dict[str, Any]) -> list[str]:
     sets = census["settings"]
     fig, axes = new_figure(2)
     ax = axes[0][0]
-    for m, color in (("dense", "C3"), ("annealed", "C0")):
+    for m, color in ((m, method_color(m)) for m in ("dense", "annealed")):
         pts = [(x["irrelevant"], x["count"]) for x in sets if x["method"] == m]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=m)
         fit = census["fits"].get(m) or {}
@@ -294,12 +305,15 @@ def _figures(stage: Path, census: dict[str, Any]) -> list[str]:
            title="optima count (log scale)")
     ax.legend(fontsize=7)
     ax = axes[0][1]
-    for m, color in (("dense", "C3"), ("annealed", "C0")):
+    for m, color in ((m, method_color(m)) for m in ("dense", "annealed")):
         pts = [(x["irrelevant"], x["success_rate"]) for x in sets if x["method"] == m]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=m)
     ax.set(xlabel="irrelevant variables", ylabel=f"success (test acc >= "
            f"{cfg['success_threshold']})", title="success rate", ylim=(-0.05, 1.05))
     ax.legend(fontsize=8)
+    title = (f"deep-optima census: XOR, {cfg['restarts']} restarts per setting, widths "
+             f"{cfg.get('widths')}, {cfg.get('epochs')} epochs")
+    figure_title(fig, title)
     count = "figures/census.png"
     save_figure(fig, stage / count)
     fig, axes = new_figure(2)
@@ -310,6 +324,8 @@ def _figures(stage: Path, census: dict[str, Any]) -> list[str]:
         ax.set_xticks(range(1, len(keys) + 1), [k.split("irr")[1] for k in keys])
         ax.set_yscale("log")
         ax.set(xlabel="irrelevant variables", ylabel="final training loss", title=m)
+    figure_title(fig, title, caption="boxes: quartiles of the restarts' final training loss, "
+                 "whiskers 1.5 IQR")
     losses = "figures/final_losses.png"
     save_figure(fig, stage / losses)
     return [count, losses]
@@ -388,6 +404,7 @@ def run(
     """Run the reproduction and write report.md, results.json and figures/ into `out`
     (single-threaded, the thread count restored after)."""
     out = Path(out)
+    cache = SubrunCache.for_output(out)  # a killed attempt's finished runs are read back
     s = settings(quick)
     start = time.perf_counter()
     cpu_start = time.process_time()
@@ -409,8 +426,8 @@ def run(
               f"{c.success_threshold})",
               count=len(c.irrelevant) * len(c.methods) * c.data_draws * c.restarts)
     t_census = time.perf_counter() - start
-    retrain_rows = retrain_table(s, log, progress, fw)
-    real_rows, notes = real_table(s, log, progress, fw)
+    retrain_rows = retrain_table(s, log, progress, fw, cache)
+    real_rows, notes = real_table(s, log, progress, fw, cache)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     retrain_summary = aggregate(retrain_rows, ["net"], ["test_accuracy", "success"])
@@ -426,6 +443,10 @@ def run(
             "census": {k: v for k, v in census.items() if k != "records"},
             "retrain": {"rows": retrain_rows, "summary": retrain_summary},
             "real": {"rows": real_rows, "summary": real_summary, "notes": notes},
+            # data sets left out for missing files (the CLI reports them, exits non-zero)
+            "skipped_sections": [{"section": f"real data: {n.split(' skipped: ', 1)[0]}",
+                                  "reason": n.split(" skipped: ", 1)[1]}
+                                 for n in notes if " skipped: " in n],
             "claims": [v.to_dict() for v in verdicts], "figures": figures,
             **fw.to_results(),
         }

@@ -15,9 +15,19 @@ from typing import Any
 
 from prunelab import atomic
 from prunelab.config import RunConfig, TrainConfig
-from prunelab.report import aggregate, markdown_table, new_figure, save_figure, text_table
-from prunelab.retrain import retrain_from
-from prunelab.train import load_data, run
+from prunelab.report import (
+    aggregate,
+    figure_title,
+    markdown_table,
+    method_color,
+    new_figure,
+    remaining_axis,
+    save_figure,
+    spread_caption,
+    text_table,
+)
+from prunelab.subruns import SubrunCache
+from prunelab.train import load_data
 
 
 @dataclass
@@ -74,6 +84,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and write report.md, results.json and figures/ into `out` (atomically)."""
     log = log or (lambda s: None)
+    cache = SubrunCache.for_output(out)  # a killed attempt's finished runs are read back
     sparsities = [0.8, 0.95] if quick else [0.5, 0.8, 0.9, 0.95, 0.98]
     seeds = [0] if quick else [0, 1]
     start = time.perf_counter()
@@ -84,17 +95,17 @@ def run_demo(
             base = RunConfig(task.dataset, task.data_options, None, task.model,
                              task.model_options, "dense", {}, train)
             data = load_data(base)
-            dense = run(base, data=data, progress=progress)
+            dense = cache.run(base, data=data, progress=progress)
             rows.append(_row(task, "dense", 0.0, seed, dense))
             log(f"{task.dataset} seed {seed}: dense test accuracy "
                 f"{dense.final['test_accuracy']:.4f}")
             for s in sparsities:
                 cfg = RunConfig(task.dataset, task.data_options, None, task.model,
                                 task.model_options, "gmp", {"sparsity": s, **task.gmp}, train)
-                pruned = run(cfg, data=data, progress=progress)
+                pruned = cache.run(cfg, data=data, progress=progress)
                 rows.append(_row(task, "pruned", s, seed, pruned))
                 for init, label in (("scratch", "scratch"), ("original", "lottery")):
-                    r = retrain_from(cfg, pruned.masks, init,
+                    r = cache.retrain_from(cfg, pruned.masks, init,
                                      init_states={"step0": pruned.initial_state}, data=data,
                                      progress=progress)
                     rows.append(_row(task, label, s, seed, r))
@@ -122,14 +133,17 @@ def _figures(stage: Path, rows, summary, sparsities) -> list[str]:
     fig, axes = new_figure(len(tasks))
     for ax, task in zip(axes[0], tasks):
         dense = [r for r in summary if r["task"] == task and r["method"] == "dense"][0]
-        ax.axhline(dense["test_accuracy"], color="k", ls="--", label="dense")
-        for method, color in (("pruned", "C0"), ("lottery", "C2"), ("scratch", "C3")):
+        ax.axhline(dense["test_accuracy"], color=method_color("dense"), ls="--", label="dense")
+        for method in ("pruned", "lottery", "scratch"):
             pts = sorted((r["sparsity"], r["test_accuracy"], r["test_accuracy_std"])
                          for r in summary if r["task"] == task and r["method"] == method)
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts],
-                        marker="o", color=color, label=method, capsize=3)
-        ax.set(title=task, xlabel="weight sparsity", ylabel="test accuracy")
+            ax.errorbar([1 - p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts],
+                        marker="o", color=method_color(method), label=method, capsize=3)
+        remaining_axis(ax, sparsities)
+        ax.set(title=task, ylabel="test accuracy")
         ax.legend(fontsize=8)
+    figure_title(fig, "prunelab demo", f"GMP to {', '.join(f'{s:g}' for s in sparsities)}",
+                 caption=spread_caption([r["n"] for r in summary]))
     acc = "figures/accuracy_vs_sparsity.png"
     save_figure(fig, stage / acc)
     fig, axes = new_figure(len(tasks))
@@ -139,9 +153,10 @@ def _figures(stage: Path, rows, summary, sparsities) -> list[str]:
             run_row = [r for r in rows if r["task"] == task and r["method"] == method
                        and r["sparsity"] == s][0]
             ax.plot(range(1, len(run_row["curve"]) + 1), run_row["curve"],
-                    label=f"{method}" + (f" ({s:.0%})" if s else ""))
+                    color=method_color(method), label=f"{method}" + (f" ({s:.0%})" if s else ""))
         ax.set(title=task, xlabel="epoch", ylabel="test accuracy")
         ax.legend(fontsize=8)
+    figure_title(fig, "prunelab demo", f"training curves, first seed, sparsity {top:g}")
     curves = "figures/training_curves.png"
     save_figure(fig, stage / curves)
     return [acc, curves]
@@ -161,6 +176,9 @@ def _report(summary, figures, elapsed: float, seeds) -> str:
         markdown_table(summary, cols),
         "",
         *[f"![{Path(f).stem}]({f})" for f in figures],
+        "",
+        f"Accuracy figure: {spread_caption([r['n'] for r in summary])}; the x axis is the "
+        "fraction of weights remaining, on a log scale.",
         "",
         f"Total time: {elapsed:.0f} s.",
         "",

@@ -39,7 +39,7 @@ from prunelab.firewall import Firewall
 from prunelab.landscape import spectrum as S
 from prunelab.landscape.hessian import HessianOperator
 from prunelab.landscape.minimize import converge
-from prunelab.report import markdown_table, new_figure, save_figure
+from prunelab.report import figure_title, markdown_table, new_figure, save_figure
 from prunelab.threads import torch_threads
 
 KS = (2, 3, 5, 10)
@@ -385,7 +385,9 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                        (40, 2) if quick else (80, 4), seed, log)
     out = Path(out)
     with atomic.staged_directory(out) as stage:
-        figs = _figures(stage, cl_spec, w_spec, s_spec, lbsb, mnist, sm_spec)
+        figs = _figures(stage, cl_spec, w_spec, s_spec, lbsb, mnist, sm_spec,
+                        f"hessian-spectrum{' (quick)' if quick else ''}: {gd_steps} GD steps "
+                        f"+ {newton_steps} Newton, float64")
         verdicts = judge_all(CLAIMS, measure(cl_rows, w_rows, s_rows, lbsb, mnist))
         results = {"quick": quick, "settings": {
             "widths": list(WIDTHS), "lr_max": LR, "lr_rule": "min(lr_max, 1 / lambda_max)",
@@ -398,6 +400,10 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                    "fits": {f"k={k} widths={list(w)} std={std:g} {act}": tr
                             for (k, w, std, act), (_, _, tr) in fits.cache.items()},
                    "claims": [v.to_dict() for v in verdicts], "figures": figs,
+                   # sections left out for missing data (the CLI reports them, exits non-zero)
+                   "skipped_sections": ([{"section": "F: MNIST outliers",
+                                          "reason": mnist["skipped"]}]
+                                        if "skipped" in mnist else []),
                    "seconds": time.perf_counter() - start, **fw.to_results()}
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results, verdicts))
@@ -455,7 +461,8 @@ def measure(cl_rows, w_rows, s_rows, lbsb, mnist) -> dict[str, Measured]:
     return out
 
 
-def _figures(stage: Path, cl_spec, w_spec, s_spec, lbsb, mnist, sm_spec) -> list[str]:
+def _figures(stage: Path, cl_spec, w_spec, s_spec, lbsb, mnist, sm_spec,
+             title: str = "hessian-spectrum") -> list[str]:
     made = []
     for spec, name, act in ((cl_spec, "spectra_by_k.png", "ReLU"),
                             (sm_spec, "spectra_by_k_softplus.png", "softplus")):
@@ -469,6 +476,7 @@ def _figures(stage: Path, cl_spec, w_spec, s_spec, lbsb, mnist, sm_spec) -> list
                            label="bulk edge")
             ax.set_title(f"{act}, k={k}: {spec[k]['outliers']} outliers")
         axes[0][0].legend(fontsize=6)
+        figure_title(fig, title)
         made.append(str(save_figure(fig, stage / "figures" / name).name))
     fig, axes = new_figure(ncols=len(KS), size=(3.6, 3.2))
     for ax, k in zip(axes[0], KS):
@@ -476,6 +484,7 @@ def _figures(stage: Path, cl_spec, w_spec, s_spec, lbsb, mnist, sm_spec) -> list
         S.plot_eigenvalues(ax, w_spec[k][1], label="[20, 10]")
         ax.set_title(f"k={k}: width doubling")
     axes[0][0].legend(fontsize=6)
+    figure_title(fig, title)
     made.append(str(save_figure(fig, stage / "figures" / "width.png").name))
     fig, axes = new_figure(ncols=len(s_spec), size=(3.6, 3.2))
     for ax, (k, (e1, e2)) in zip(axes[0], s_spec.items()):
@@ -483,6 +492,7 @@ def _figures(stage: Path, cl_spec, w_spec, s_spec, lbsb, mnist, sm_spec) -> list
         S.plot_eigenvalues(ax, e2, label="std 3")
         ax.set_title(f"k={k}: separability")
     axes[0][0].legend(fontsize=6)
+    figure_title(fig, title)
     made.append(str(save_figure(fig, stage / "figures" / "separability.png").name))
     fig, axes = new_figure(ncols=2)
     steps, losses = zip(*lbsb["curve"])
@@ -494,6 +504,7 @@ def _figures(stage: Path, cl_spec, w_spec, s_spec, lbsb, mnist, sm_spec) -> list
     axes[0][1].plot(lbsb["alphas"], lbsb["line"])
     axes[0][1].set_xlabel("alpha: (1-alpha) LB + alpha SB")
     axes[0][1].set_ylabel("training loss")
+    figure_title(fig, title)
     made.append(str(save_figure(fig, stage / "figures" / "lb_sb.png").name))
     if "rows" in mnist:
         fig, axes = new_figure()
@@ -501,6 +512,7 @@ def _figures(stage: Path, cl_spec, w_spec, s_spec, lbsb, mnist, sm_spec) -> list
             S.plot_eigenvalues(axes[0][0], vals, label=f"width {w}")
         axes[0][0].set_title("MNIST 1k: top eigenvalues")
         axes[0][0].legend(fontsize=6)
+        figure_title(fig, title)
         made.append(str(save_figure(fig, stage / "figures" / "mnist_top.png").name))
     return [f"figures/{m}" for m in made]
 

@@ -64,7 +64,7 @@ from prunelab.multiobjective.pareto import (
     plot_loss_front,
 )
 from prunelab.multiobjective.smgd import SMGDConfig, train_smgd
-from prunelab.report import markdown_table, new_figure, save_figure, text_table
+from prunelab.report import figure_title, markdown_table, new_figure, save_figure, text_table
 from prunelab.seed_noise import misclassified
 from prunelab.threads import torch_threads
 from prunelab.train import evaluate
@@ -261,7 +261,9 @@ def run(
         **fw.to_results(),
     }
     with atomic.staged_directory(out) as stage:
-        figures = _figures(stage, search, grid, knee, smgd_rows, smgd_coeffs)
+        figures = _figures(stage, search, grid, knee, smgd_rows, smgd_coeffs,
+                           f"pareto{' (quick)' if quick else ''}: {s.short_epochs}/"
+                           f"{s.full_epochs} epochs, budget {s.budget}, seed {s.seed}")
         results["figures"] = figures
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results, s, verdicts, fw))
@@ -309,7 +311,7 @@ def _comparison_table(knee_final: FrontPoint, knee_test, smgd_rows, search: Knee
 
 
 def _figures(stage: Path, search: KneeSearch, grid: KneeSearch, knee: FrontPoint, smgd_rows,
-             coeffs) -> list[str]:
+             coeffs, title: str = "pareto") -> list[str]:
     (stage / "figures").mkdir()
     sgd = next(r for r in smgd_rows if r["variant"] == "sgd")
     adam = next(r for r in smgd_rows if r["variant"] == "adam")
@@ -322,6 +324,7 @@ def _figures(stage: Path, search: KneeSearch, grid: KneeSearch, knee: FrontPoint
                     smgd=(sgd["val_ce"], sgd["l1"]))
     axes[0][1].set_title("fixed weight grid")
     loss = "figures/loss_vs_l1.png"
+    figure_title(fig, title)
     save_figure(fig, stage / loss)
     fig, axes = new_figure(1)
     pts = search.points
@@ -332,6 +335,7 @@ def _figures(stage: Path, search: KneeSearch, grid: KneeSearch, knee: FrontPoint
                         extra={"SMGD (adam)": (adam["nonzero"], adam["val_accuracy"])},
                         ylabel="validation accuracy")
     acc = "figures/accuracy_vs_nonzero.png"
+    figure_title(fig, title)
     save_figure(fig, stage / acc)
     fig, axes = new_figure(1)
     for variant, c in coeffs.items():
@@ -340,6 +344,7 @@ def _figures(stage: Path, search: KneeSearch, grid: KneeSearch, knee: FrontPoint
                    title="SMGD coefficients per step")
     axes[0][0].legend(fontsize=8)
     coef = "figures/smgd_coefficients.png"
+    figure_title(fig, title)
     save_figure(fig, stage / coef)
     return [loss, acc, coef]
 

@@ -45,11 +45,17 @@ from prunelab.landscape.curves import BezierCurve, evaluate_curve, train_curve
 from prunelab.landscape.paths import interpolate, plot_path
 from prunelab.masks import mask_sparsity
 from prunelab.models import build_model
-from prunelab.report import markdown_table, new_figure, save_figure, text_table
-from prunelab.retrain import retrain_from
+from prunelab.report import (
+    figure_title,
+    markdown_table,
+    method_color,
+    new_figure,
+    save_figure,
+    text_table,
+)
+from prunelab.subruns import SubrunCache
 from prunelab.threads import torch_threads
 from prunelab.train import evaluate
-from prunelab.train import run as train_run
 
 BARRIER_CLEAR = 0.05  # nats of training loss: above is "a clear barrier", below is "near 0"
 MONOTONE_TOLERANCE = 0.01  # fraction of L(0)
@@ -128,14 +134,16 @@ def _gmp_config(s: Settings, data: Dataset, lr: float) -> tuple[RunConfig, tuple
     return cfg, (begin, end, freq, total)
 
 
-def select_lr(s: Settings, data: Dataset, progress, log) -> tuple[float, list[dict[str, Any]]]:
+def select_lr(s: Settings, data: Dataset, progress, log, cache: SubrunCache | None = None
+              ) -> tuple[float, list[dict[str, Any]]]:
     """The learning rate of `s.lr_grid` whose 98% GMP run reaches the highest final accuracy on
     a validation split of the training set (the first of equals); never reads test data."""
+    cache = cache or SubrunCache(None)
     val = Firewall.validation(data, VALIDATION_FRACTION, seed=s.seed)
     rows = []
     for lr in s.lr_grid:
         cfg, _ = _gmp_config(s, val, lr)
-        res = train_run(cfg, data=val, progress=progress)
+        res = cache.run(cfg, data=val, progress=progress)
         rows.append({"lr": lr, "val_accuracy": res.final["test_accuracy"],
                      "val_loss": res.final["test_loss"], "train_loss": res.final["train_loss"]})
         log(f"lr {lr}: validation accuracy {rows[-1]['val_accuracy']:.4f} ({val.n_train} "
@@ -151,6 +159,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     lines and curves, write report, results and figure into `out` atomically
     (single-threaded, the thread count restored after)."""
     s = settings(quick)
+    cache = SubrunCache.for_output(out)  # a killed attempt's finished runs are read back
     start = time.perf_counter()
     fw = Firewall("sparse-landscape")
     try:
@@ -161,7 +170,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         data = data.subset_train(s.n_train, seed=s.seed)
     screen: list[dict[str, Any]] = []
     if s.lr is None:
-        lr, screen = select_lr(s, data, progress, log)
+        lr, screen = select_lr(s, data, progress, log, cache)
     else:
         lr = s.lr
     curve_lr = s.curve_lr if s.curve_lr is not None else lr
@@ -174,12 +183,13 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         f"{end} every {freq} of {total}, {data.n_train} training images")
     data = fw.test(data, "pruned (GMP), scratch and lottery training runs",
                    "test accuracy (each epoch)", count=3 * s.epochs)
-    pruned = train_run(cfg, data=data, progress=progress)
+    pruned = cache.run(cfg, data=data, progress=progress)
     masks = pruned.masks
     log("scratch and lottery retrains of the pruned mask")
-    scratch = retrain_from(cfg, masks, "scratch", data=data, progress=progress)
-    lottery = retrain_from(cfg, masks, "original", init_states={"step0": pruned.initial_state},
-                           data=data, progress=progress)
+    scratch = cache.retrain_from(cfg, masks, "scratch", data=data, progress=progress)
+    lottery = cache.retrain_from(cfg, masks, "original",
+                                 init_states={"step0": pruned.initial_state}, data=data,
+                                 progress=progress)
     model = build_model("lenet-300-100", data.input_shape, data.num_classes)
     masked_init = {k: (v * masks[k] if k in masks else v.clone())
                    for k, v in pruned.initial_state.items()}
@@ -241,7 +251,9 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     }
     with atomic.staged_directory(out) as stage:
         (stage / "figures").mkdir()
-        _figure(paths, stage / "figures" / "paths.png")
+        _figure(paths, stage / "figures" / "paths.png",
+                f"sparse-landscape{' (quick)' if quick else ''}: LeNet-300-100 on MNIST "
+                f"({data.n_train} images), GMP to {s.sparsity:.0%}, lr {lr}, {s.epochs} epochs")
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results, verdicts, fw))
     log(text_table(rows, ["path", "loss_a", "loss_b", "max_loss", "barrier", "monotone"]))
@@ -287,15 +299,13 @@ def measure(final: list[dict[str, Any]], paths: dict[str, Any]) -> dict[str, Mea
     }
 
 
-def _figure(paths: dict[str, Any], path: Path) -> None:
+def _figure(paths: dict[str, Any], path: Path, title: str = "sparse-landscape") -> None:
     fig, axes = new_figure(2, size=(5.6, 4.0))
-    styles = {"init->pruned": ("C0", "-"), "scratch->pruned": ("C3", "-"),
-              "lottery->pruned": ("C2", "-"),
-              "scratch->pruned sparse quadratic": ("C1", "--"),
-              "scratch->pruned sparse cubic": ("C4", "--"),
-              "scratch->pruned dense quadratic": ("k", ":")}
+    # the colour of the run the path starts from (report.method_color); curves dashed
+    styles = {"scratch->pruned sparse quadratic": "--", "scratch->pruned sparse cubic": "-.",
+              "scratch->pruned dense quadratic": ":"}
     for name, res in paths.items():
-        color, ls = styles.get(name, (None, "-"))
+        color, ls = method_color(name), styles.get(name, "-")
         plot_path(axes[0][0], res, split="train", label=name, color=color, ls=ls)
         plot_path(axes[0][1], res, split="test", metric="accuracy", label=name, color=color,
                   ls=ls)
@@ -303,6 +313,8 @@ def _figure(paths: dict[str, Any], path: Path) -> None:
     axes[0][0].set_title("training loss (t=1: pruned)", fontsize=9)
     axes[0][1].set_title("test accuracy", fontsize=9)
     axes[0][1].legend(fontsize=7)
+    figure_title(fig, title, caption="B: barrier, the largest gap between the path's loss "
+                 "and the chord between its endpoints (dotted)")
     save_figure(fig, path)
 
 

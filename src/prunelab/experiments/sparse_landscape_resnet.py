@@ -41,11 +41,17 @@ from prunelab.landscape.curves import BezierCurve, evaluate_curve, train_curve
 from prunelab.landscape.paths import interpolate, plot_path
 from prunelab.masks import mask_sparsity
 from prunelab.models import build_model
-from prunelab.report import markdown_table, new_figure, save_figure, text_table
-from prunelab.retrain import retrain_from
+from prunelab.report import (
+    figure_title,
+    markdown_table,
+    method_color,
+    new_figure,
+    save_figure,
+    text_table,
+)
+from prunelab.subruns import SubrunCache
 from prunelab.threads import torch_threads
 from prunelab.train import evaluate, resolve_device
-from prunelab.train import run as train_run
 
 _TRAIN_LOSS = "training loss on the evaluation subset (one seed)"
 
@@ -146,6 +152,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     """Train pruned, scratch and lottery ResNet-20s at each sparsity, evaluate the lines and
     curves with BatchNorm recomputed, write report, results and figure into `out`."""
     s = settings_override or settings(quick)
+    cache = SubrunCache.for_output(out)  # a killed attempt's finished runs are read back
     start = time.perf_counter()
     fw = Firewall("sparse-landscape-resnet")
     try:
@@ -171,13 +178,13 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         cfg = _config(s, data, sparsity, rewind_step)
         log(f"{sparsity:.0%}: GMP, then scratch and lottery (rewind to step {rewind_step} of "
             f"{total}) on {data.n_train} {s.dataset} images")
-        pruned = train_run(cfg, data=data, progress=progress)
+        pruned = cache.run(cfg, data=data, progress=progress)
         masks = pruned.masks
-        scratch = retrain_from(cfg, masks, "scratch", data=data, progress=progress)
+        scratch = cache.retrain_from(cfg, masks, "scratch", data=data, progress=progress)
         key = f"step{rewind_step}"
-        lottery = retrain_from(cfg, masks, f"rewind:{rewind_step}it",
-                               init_states={key: pruned.checkpoints[key]}, data=data,
-                               progress=progress)
+        lottery = cache.retrain_from(cfg, masks, f"rewind:{rewind_step}it",
+                                     init_states={key: pruned.checkpoints[key]}, data=data,
+                                     progress=progress)
         masked_init = {k: (v * masks[k] if k in masks else v.clone())
                        for k, v in pruned.initial_state.items()}
         states = {"init (masked)": masked_init, "pruned": pruned.final_state,
@@ -265,24 +272,22 @@ def measure(finals: list[dict[str, Any]], paths: dict[str, Any]) -> dict[str, An
 
 def _figure(paths: dict[str, Any], path: Path, s: Settings) -> None:
     fig, axes = new_figure(len(SPARSITIES), size=(4.2, 3.6))
-    colors = {"init->pruned": "C0", "scratch->pruned": "C3", "lottery->pruned": "C2",
-              "scratch->pruned sparse quadratic": "C1",
-              "scratch->pruned dense quadratic": "k"}
     for i, sparsity in enumerate(SPARSITIES):
         ax = axes[0][i]
         p = f"{sparsity:.0%} "
         for name, res in paths.items():
             if not name.startswith(p):
                 continue
-            kind = name[len(p):]
-            plot_path(ax, res, split="train", label=kind, color=colors.get(kind),
-                      ls="--" if "quadratic" in kind else "-")
-            ax.annotate(f"B={res.barrier():.2f}", xy=(0.5, max(res.loss())), fontsize=6,
-                        color=colors.get(kind))
+            kind = name[len(p):]  # coloured by the run it starts from; barriers marked (B)
+            plot_path(ax, res, split="train", label=kind, color=method_color(kind),
+                      ls={"sparse quadratic": "--", "dense quadratic": ":"}.get(
+                          kind.partition(" ")[2], "-"))
         ax.set_yscale("log")
-        ax.set_title(f"ResNet-20 (width {s.width:g}) on {s.dataset}, {sparsity:.0%}: "
-                     "training loss, BN recomputed (t=1 pruned)", fontsize=7)
+        ax.set_title(f"{sparsity:.0%}: training loss, BN recomputed (t=1 pruned)", fontsize=7)
         ax.legend(fontsize=6)
+    figure_title(fig, f"sparse-landscape-resnet: ResNet-20 (width {s.width:g}) on {s.dataset}",
+                 f"{s.epochs} epochs, lr {s.lr}", caption="B: barrier above the chord between "
+                 "the endpoints' losses (dotted)")
     save_figure(fig, path)
 
 

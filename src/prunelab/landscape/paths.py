@@ -503,10 +503,26 @@ def interpolate(
 
 
 def plot_path(ax: Any, result: PathResult, *, split: str = "train", metric: str = "loss",
-              label: str | None = None, **style: Any) -> None:
-    """Draw one path's loss (or accuracy) against t on a Matplotlib axis, marking t=0, 1."""
+              label: str | None = None, mark_barrier: bool = True, **style: Any) -> None:
+    """Draw one path's loss (or accuracy) against t on a Matplotlib axis, marking t=0, 1; on
+    a loss plot the barrier (`barrier_height`) is marked where it is reached: the chord
+    between the endpoints' losses (dotted) and the gap from it to the path (a vertical bar
+    labelled B)."""
     values = result.loss(split) if metric == "loss" else result.accuracy(split)
-    ax.plot(result.t, values, label=label or f"{result.kind} ({split})", **style)
+    line = ax.plot(result.t, values, label=label or f"{result.kind} ({split})", **style)
     for end in (0.0, 1.0):
         ax.axvline(end, color="0.8", lw=0.8, zorder=0)
     ax.set(xlabel="t", ylabel=f"{split} {metric}")
+    if metric == "loss" and mark_barrier:
+        try:
+            ts, vs = _unit_interval(result.t, values)
+        except ConfigError:  # not evaluated at both endpoints: no barrier to mark
+            return
+        gaps = [v - ((1.0 - s) * vs[0] + s * vs[-1]) for s, v in zip(ts, vs)]
+        i = max(range(len(gaps)), key=gaps.__getitem__)
+        color = line[0].get_color()
+        ax.plot([0.0, 1.0], [vs[0], vs[-1]], ls=":", lw=0.8, color=color)
+        if gaps[i] > 0:
+            ax.plot([ts[i], ts[i]], [vs[i] - gaps[i], vs[i]], lw=2.0, color=color, alpha=0.6)
+            ax.annotate(f"B={gaps[i]:.3g}", (ts[i], vs[i]), textcoords="offset points",
+                        xytext=(3, 3), fontsize=7, color=color)

@@ -474,9 +474,12 @@ def plot_eigenvalues(ax: Any, eigenvalues: np.ndarray | list[float], *,
 
 def plot_density(ax: Any, density: SpectralDensity, *, label: str | None = None,
                  title: str | None = None) -> None:
-    """A spectral density on a log y-axis (floored at 1e-8 of its peak so it stays visible)."""
-    floor = max(float(density.density.max()) * 1e-8, 1e-300)
-    ax.plot(density.grid, np.maximum(density.density, floor), label=label)
+    """A spectral density on a log y-axis, drawn only where it is above 1e-12 of its peak:
+    between separated eigenvalue groups the smoothed density falls to numerical zero, and the
+    plot leaves a gap there rather than a flat floor that looks like spectrum."""
+    cut = max(float(density.density.max()) * 1e-12, 1e-300)
+    values = np.where(density.density > cut, density.density, np.nan)
+    ax.plot(density.grid, values, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")

@@ -110,6 +110,7 @@ class AnnealedPruning(MaskedMethod):
     min_layer_keep: int = 0
 
     name = "annealed"
+    resume_attributes = ("keep_target",)
 
     def __post_init__(self) -> None:
         if self.sparsity is not None and self.keep is not None:

@@ -5,13 +5,21 @@ trained yet), `penalty(model)` inside each loss, `after_step(step)` after each o
 (`step` counts completed steps from 1), `after_epoch(epoch)` after each epoch (from 1). The
 method exposes `masks` (None for dense) and `state_dict()` for checkpoints. Options are the
 dataclass fields, so a method serialises to and from its config.
+
+Resuming: a resumed run builds the method afresh, calls `attach` on the freshly built model,
+restores the model's weights, then calls `load_state_dict` with what `state_dict()` returned
+at the checkpoint (then the optimizer's state and the random generators are restored). So
+`state_dict()` must hold everything later steps depend on that `attach` does not recompute
+identically: masks, counters, logs, accumulators, the method's own generators. Plain
+attributes are listed in `resume_attributes` (deep-copied; a torch.Generator by its state).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -79,12 +87,57 @@ class PruningMethod:
     def options(self) -> dict[str, Any]:
         return asdict(self)
 
+    # Attributes set during training that later steps read (see the module docstring).
+    resume_attributes: ClassVar[tuple[str, ...]] = ()
+
     def state_dict(self) -> dict[str, Any]:
         masks = self.masks
-        return {"options": self.options(), "masks": None if masks is None else dict(masks)}
+        state = {"options": self.options(), "masks": None if masks is None else dict(masks)}
+        state["attributes"] = {name: _saved(getattr(self, name))
+                               for name in self.resume_attributes if hasattr(self, name)}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Restore what `state_dict` saved (after `attach` on a freshly built model)."""
+        for name, value in state.get("attributes", {}).items():
+            current = getattr(self, name, None)
+            if isinstance(current, torch.Generator) and _is_generator_state(value):
+                current.set_state(value[_GENERATOR])
+            else:
+                setattr(self, name, _restored(value))
+
+
+_GENERATOR = "__torch_generator_state__"  # (plain types only: loadable with weights_only)
+
+
+def _is_generator_state(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {_GENERATOR}
+
+
+def _saved(value: Any) -> Any:
+    """A checkpoint copy of an attribute (tensors cloned to the CPU, generators by state)."""
+    if isinstance(value, torch.Generator):
+        return {_GENERATOR: value.get_state()}
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()  # (on its device: a checkpoint loads it back there)
+    if isinstance(value, dict):
+        return {k: _saved(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_saved(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def _restored(value: Any) -> Any:
+    """A fresh copy of a saved attribute (the checkpoint may be restored more than once)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if _is_generator_state(value):
+        return value
+    if isinstance(value, dict):
+        return {k: _restored(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_restored(v) for v in value)
+    return copy.deepcopy(value)
 
 
 @dataclass
@@ -128,5 +181,6 @@ class MaskedMethod(PruningMethod):
         return {"mask_sparsity": self.current_sparsity()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         if state.get("masks") is not None and hasattr(self, "enforcer"):
             self.enforcer.update(state["masks"])

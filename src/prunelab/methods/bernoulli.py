@@ -565,6 +565,7 @@ class BernoulliGating(PruningMethod):
         gradient just before each `optimizer.step()`. The weights are those of the model this
         optimizer trains (`ctx.model` now): shrinking builds a new model and optimizer and
         hooks it again, so the list is read once here, not walked every step."""
+        self._prior_hooked_on = optimizer
         if not self._prior_by_gradient():
             return
         weights = _prior_weights(self.ctx.model)
@@ -794,17 +795,61 @@ class BernoulliGating(PruningMethod):
             "empty_layer_events": list(self.empty_layer_events),
         }
 
+    # what a resumed run needs besides theta (see load_state_dict)
+    resume_attributes = ("step", "ema", "input_shape", "_n_est", "flops_now", "flops_start",
+                         "train_flops", "train_flops_dense", "trajectory", "empty_layer_events",
+                         "shrink_events", "undecided_at_end", "max_undecided_distance",
+                         "final_widths", "final_theta", "_pending", "orig_index")
+
     def state_dict(self) -> dict[str, Any]:
         theta = {}
         if self.gates is not None:
             theta = {n: t.detach().cpu().clone() for n, t in self.gates.theta.items()}
         ctx = getattr(self, "ctx", None)
-        return {"options": self.options(), "masks": None, "theta": theta,
-                "orig_index": dict(getattr(self, "orig_index", {})),
-                "summary": self.summary() if hasattr(self, "start_widths") else {},
-                # the shrunk network no longer fits the registry model: its architecture
-                # (prunelab.shrink.from_architecture) rebuilds it for the saved weights
-                "architecture": architecture(ctx.model) if ctx is not None else None}
+        state = super().state_dict()
+        state.update({"masks": None, "theta": theta, "gated": self.gates is not None,
+                      "orig_index": dict(getattr(self, "orig_index", {})),
+                      "summary": self.summary() if hasattr(self, "start_widths") else {},
+                      # the shrunk network no longer fits the registry model: its architecture
+                      # (prunelab.shrink.from_architecture) rebuilds it for the saved weights
+                      "architecture": architecture(ctx.model) if ctx is not None else None})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Gates with the saved thetas on `ctx.model` (the Trainer has rebuilt it at its saved,
+        possibly shrunk, architecture and made its optimizer), the prior-gradient hook on that
+        optimizer, and the counters, logs and trajectory; no gates once finalized."""
+        super().load_state_dict(state)
+        if self.gates is None or "gated" not in state:
+            return
+        old = self.gates
+        old.remove()
+        self._fixed_cost_cache = {}
+        if not state["gated"]:
+            self.gates = None
+        else:
+            theta = {n: t.to(self.ctx.device) for n, t in state["theta"].items()}
+            self.gates = self._gates_for(self.ctx.model, theta, old)
+        if self._prior_hooked_on is not self.ctx.optimizer:
+            self._hook_prior_gradient(self.ctx.optimizer)
+
+    def _gates_for(self, model: nn.Module, theta: dict[str, torch.Tensor],
+                   like: BernoulliGates | GroupGates) -> BernoulliGates | GroupGates:
+        """Gates of the same kind as `like` on `model`, with the given thetas."""
+        st = self.estimator == "st"
+        if isinstance(like, GroupGates):
+            shape = getattr(self.ctx.data, "input_shape", None)
+            p = next(model.parameters())
+            x = None if shape is None else torch.zeros(1, *shape, device=p.device, dtype=p.dtype)
+            groups = method_groups(model, x, "method 'bernoulli'")
+            missing = sorted(set(theta) - {g.name for g in groups})
+            if missing:
+                raise ConfigError(f"cannot resume method 'bernoulli': the rebuilt network has "
+                                  f"no channel group '{missing[0]}'")
+            return GroupGates(model, groups, theta, layers=list(theta), straight_through=st)
+        return BernoulliGates(model, theta, at=self.gate_at,
+                              layers=[n for n in theta if n not in like.features],
+                              straight_through=st, features=bool(like.features))
 
 
 __all__ = ["BernoulliGating", "gate_regulariser", "per_sample_losses"]

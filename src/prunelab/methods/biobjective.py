@@ -233,4 +233,17 @@ class BiobjectiveTraining(PruningMethod):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["ratio"] = self.ratio
+        state["finetuning"] = getattr(self, "finetuning", False)
         return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The persistent mask (held from the start, or since the fine-tune began) and the
+        phase; the l1 and L2 parameter sets are the model's, found again by `attach`."""
+        super().load_state_dict(state)
+        masks = state.get("masks")
+        if masks is not None:
+            if self.enforcer is None:
+                self.enforcer = MaskEnforcer(self.ctx.model, masks).attach(self.ctx.optimizer)
+            else:
+                self.enforcer.update(masks)
+        self.finetuning = bool(state.get("finetuning", False))

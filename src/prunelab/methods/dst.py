@@ -213,6 +213,10 @@ class DynamicSparse(MaskedMethod):
             "layers": layer_summary(self.enforcer.masks),
             "sparse_compute": self.sparse_choices, "updates": self.updates})
 
+    # the grow generator (SET) and this epoch's moves so far; the CSR/dense choice per layer
+    # (measured by timing at attach) is restored rather than measured again
+    resume_attributes = ("_generator", "_epoch_moved", "sparse_choices")
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["updates"] = list(getattr(self, "updates", []))
@@ -226,8 +230,12 @@ class DynamicSparse(MaskedMethod):
             self.updates = list(state.get("updates", []))
             self._step = int(state.get("step", 0))
             if self.sparse_compute:
-                from prunelab.sparse_compute import refresh_sparse_layers
+                from prunelab.sparse_compute import SparseLinear, refresh_sparse_layers
 
+                for name, entry in self.sparse_choices.items():
+                    layer = self.ctx.model.get_submodule(name)
+                    if isinstance(layer, SparseLinear):
+                        layer.mode = entry["choice"]
                 refresh_sparse_layers(self.ctx.model, self.enforcer.masks)
 
 

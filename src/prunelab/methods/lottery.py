@@ -8,15 +8,18 @@ the same recipe (fresh optimiser and learning-rate schedule, as in open_lth)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from prunelab import atomic
-from prunelab.config import RunConfig, save_config
-from prunelab.errors import ConfigError, check_range
+from prunelab.config import RunConfig, load_config, save_config
+from prunelab.errors import ConfigError, PrunelabError, check_range
 from prunelab.masks import prunable_parameters
 from prunelab.retrain import parse_init, retrain_from
+from prunelab.runlog import stderr_line
+from prunelab.runs import load_result
 from prunelab.selection import select_masks
 from prunelab.train import TrainResult, load_data, run
 from prunelab.typecheck import check_fields
@@ -51,10 +54,15 @@ class IMPConfig:
 
 
 def run_imp(
-    cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool | None = None
+    cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool | None = None,
+    log: Callable[[str], None] | None = None, resume: bool = True,
+    resume_hint: str | None = None,
 ) -> list[TrainResult]:
     """Run IMP for the config (cfg.method must be 'imp'; its options are IMPConfig fields).
-    With `out_dir`, writes level_0 ... level_R run directories and a summary results.json."""
+    With `out_dir`, writes level_0 ... level_R run directories and a summary results.json.
+    Each level is its own staged run inside the IMP directory's stage: a level that finished
+    before an interruption is read back, not trained again, and the level that was running
+    continues from its checkpoint (`resume`), so a resumed IMP equals an uninterrupted one."""
     opts = dict(cfg.method_options)
     unknown = set(opts) - set(IMPConfig.__dataclass_fields__)
     if unknown:
@@ -68,11 +76,23 @@ def run_imp(
     if ckpt.startswith("step") and ckpt != "step0":
         dense_cfg.train.checkpoint_steps = sorted({*cfg.train.checkpoint_steps, int(ckpt[4:])})
     data = load_data(dense_cfg)
+    options = dict(progress=progress, log=log, resume_hint=resume_hint)
+
+    def level_run(root: Path | None, level: int, train: Callable[..., TrainResult]
+                  ) -> TrainResult:
+        out = root / f"level_{level}" if root is not None else None
+        if out is not None and resume and (out / "results.json").is_file():
+            stderr_line(f"prunelab: imp level {level} finished before the interruption; "
+                        f"read back from {out}")
+            return load_result(out)
+        return train(out)
 
     def body(root: Path | None) -> list[TrainResult]:
-        level_dir = (lambda i: root / f"level_{i}") if root is not None else (lambda i: None)
-        results = [run(dense_cfg, level_dir(0), progress=progress, data=data,
-                       extra_results={"imp_level": 0})]
+        if root is not None:
+            save_config(root / "config.yaml", cfg)  # (a resume reads the run's config here)
+        results = [level_run(root, 0, lambda out: run(
+            dense_cfg, out, data=data, extra_results={"imp_level": 0}, resume=resume,
+            **options))]
         states = results[0].checkpoints
         if ckpt not in states:
             raise ConfigError(f"rewind point '{ckpt}' is beyond the training run")
@@ -84,20 +104,32 @@ def run_imp(
             scores = {n: final.final_state[n].abs() for n in names}
             sparsity = 1.0 - (1.0 - imp.rate) ** level
             masks = select_masks(scores, sparsity=sparsity, scope=imp.scope, current=masks)
-            final = retrain_from(dense_cfg, masks, f"rewind:{imp.rewind}",
-                                 init_states={ckpt: states[ckpt]}, data=data,
-                                 out_dir=level_dir(level), progress=progress,
-                                 extra_results={"imp_level": level})
+            final = level_run(root, level, lambda out, masks=masks, level=level: retrain_from(
+                dense_cfg, masks, f"rewind:{imp.rewind}", init_states={ckpt: states[ckpt]},
+                data=data, out_dir=out, extra_results={"imp_level": level}, resume=resume,
+                **options))
             results.append(final)
         if root is not None:
-            save_config(root / "config.yaml", cfg)
             atomic.write_json(root / "results.json", summarize(imp, results))
         return results
 
     if out_dir is None:
         return body(None)
-    with atomic.staged_directory(out_dir) as stage:
+    with atomic.staged_directory(out_dir, resumable=True) as stage:
+        if not resume or not _same_imp(stage, cfg):
+            atomic.clear_stage(stage)
         return body(stage)
+
+
+def _same_imp(stage: Path, cfg: RunConfig) -> bool:
+    """Whether an IMP stage holds levels of this very config (else it is cleared)."""
+    recorded = stage / "config.yaml"
+    if not recorded.is_file():
+        return False
+    try:
+        return load_config(recorded).config_hash() == cfg.config_hash()
+    except PrunelabError:
+        return False
 
 
 def _model_like(cfg: RunConfig, data):

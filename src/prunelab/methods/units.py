@@ -34,7 +34,7 @@ from prunelab.graph_shrink import fold_group_means, fold_refusal, fold_targets_m
 from prunelab.group_scores import GroupCollector, group_means, group_unit_scores
 from prunelab.groups import group_weight_masks, is_chain, method_groups
 from prunelab.masks import UnitMasks, unit_masks_to_weight_masks
-from prunelab.methods.base import MaskedMethod, TrainContext
+from prunelab.methods.base import MaskedMethod, TrainContext, _restored, _saved
 from prunelab.models import count_parameters
 from prunelab.scores import UNIT_SCORES, select_units, unit_means, unit_scores
 from prunelab.shrink import (
@@ -357,12 +357,33 @@ class UnitPruning(MaskedMethod):
             small = self.shrunk_model()
             state["unit_masks"] = {k: v.cpu() for k, v in self.unit_masks.items()}
             state["history"] = self.history
+            state["step"] = self._step
+            state["collector"] = {k: _saved(v) for k, v in vars(self.collector).items()
+                                  if k in _ACCUMULATORS}
+            state["collector_open"] = bool(self.collector.handles)
             spec = _architecture(small)
             if spec is not None:
                 state["shrunk"] = {"architecture": spec,
                                    "state_dict": {k: v.detach().cpu()
                                                   for k, v in small.state_dict().items()}}
         return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Unit masks (the weight masks follow from them), the round log, the step, and the
+        score accumulators of a scoring window the checkpoint fell into."""
+        super().load_state_dict(state)
+        if "unit_masks" not in state or not hasattr(self, "unit_masks"):
+            return
+        dev = next(self.ctx.model.parameters()).device
+        self.unit_masks = {k: v.to(dev) for k, v in state["unit_masks"].items()}
+        self.history = list(state["history"])
+        self._step = int(state["step"])
+        for k, v in state["collector"].items():
+            setattr(self.collector, k, _restored(v))
+        if state["collector_open"]:
+            self._update_collecting()
+        else:
+            self.collector.close()
 
     def write_outputs(self, out_dir: str | Path) -> None:
         """shrunk.pt (architecture + weights, `prunelab.shrink.load_shrunk`) and shrink.json."""
@@ -371,6 +392,11 @@ class UnitPruning(MaskedMethod):
         if _architecture(small) is not None:  # (a graph model build_model did not build: no)
             save_shrunk(out_dir / "shrunk.pt", small)
         atomic.write_json(out_dir / "shrink.json", self.summary())
+
+
+# What the chain (_Collector) and graph (GroupCollector) score collectors accumulate.
+_ACCUMULATORS = ("mrs", "removal", "sums", "positions", "samples", "batches", "s1", "s2",
+                 "count", "_pending")
 
 
 def _architecture(model: nn.Module) -> Any:
