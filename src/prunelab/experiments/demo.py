@@ -27,6 +27,7 @@ from prunelab.report import (
     text_table,
 )
 from prunelab.subruns import SubrunCache
+from prunelab.threads import torch_threads
 from prunelab.train import load_data
 
 
@@ -75,6 +76,9 @@ def _row(task: DemoTask, method: str, sparsity: float, seed: int, result) -> dic
     }
 
 
+# Tiny models only lose time to intra-op threads: on a busy 2-core machine a quick demo
+# sub-run took 100-120 s with torch's two threads against 1.2 s with one.
+@torch_threads(1)
 def run_demo(
     out: Path,
     *,
