@@ -479,12 +479,6 @@ class LayerGating(BernoulliGating):
         if self.input_shape is not None:
             self.flops_now = self._forward_flops(model)
 
-    def after_epoch(self, epoch: int) -> None:
-        if self.gates is None:
-            return
-        if self.finalize and (epoch >= self.ctx.epochs or self.step >= self.ctx.total_steps):
-            self.finalize_network()
-
     @torch.no_grad()
     def finalize_network(self) -> nn.Module:
         """Round undecided gates, rebuild without the structures at 0 and drop the gates; the
