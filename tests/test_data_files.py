@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.client
 import io
+import os
 import struct
 import urllib.error
 import urllib.request
@@ -33,7 +34,9 @@ from prunelab.data.tabular import (
 )
 from prunelab.errors import ConfigError, DataError, UnknownNameError
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# the real data: $PRUNELAB_DATA, else ../shared/data beside the checkout (as conftest.py)
+REAL_DATA = Path(os.environ.get("PRUNELAB_DATA")
+                 or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 IDX_CODES = {"uint8": 0x08, "int8": 0x09, ">i2": 0x0B, ">i4": 0x0C, ">f4": 0x0D, ">f8": 0x0E}
 
 

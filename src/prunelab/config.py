@@ -75,8 +75,6 @@ class TrainConfig:
                               f"'{self.precision}'")
         if self.checkpoint_every is not None:
             check_range("checkpoint_every", self.checkpoint_every, 1)
-        if not isinstance(self.channels_last, bool):
-            raise ConfigError(f"channels_last must be true or false; got {self.channels_last!r}")
         return self
 
 

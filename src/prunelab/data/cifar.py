@@ -27,8 +27,8 @@ import torch
 
 from prunelab.data.augment import CropFlip
 from prunelab.data.base import Dataset, data_dirs, one_line
-from prunelab.data.images import _check_count, _check_int, _stratified_subset
-from prunelab.errors import ConfigError, DataError, check_range
+from prunelab.data.images import _check_subset_options, _take_subsets
+from prunelab.errors import ConfigError, DataError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck"]
@@ -201,12 +201,7 @@ def _load_cifar(key: str, data_dir: str | Path | None, seed: int, n_train: int |
                           f"{normalize!r}")
     if not isinstance(augment, bool):
         raise ConfigError(f"augment must be true or false, got {augment!r}")
-    _check_int("seed", seed)
-    check_range("seed", int(seed), 0)
-    for opt, val in (("n_train", n_train), ("n_test", n_test)):
-        if val is not None:
-            _check_int(opt, val)
-            check_range(opt, int(val), 1)
+    _check_subset_options(seed, n_train, n_test)
     root = find_cifar(key, data_dir)
     parts = [_read_batch(root / f, spec["labels"], spec["classes"]) for f in spec["train"]]
     x_tr = np.concatenate([p[0] for p in parts])
@@ -214,14 +209,7 @@ def _load_cifar(key: str, data_dir: str | Path | None, seed: int, n_train: int |
     x_te, y_te = _read_batch(root / spec["test"], spec["labels"], spec["classes"])
     names = _class_names(root, key)
     total_train, total_test = len(y_tr), len(y_te)
-    k_train = _check_count("n_train", n_train, total_train)
-    k_test = _check_count("n_test", n_test, total_test)
-    if k_train < total_train:
-        idx = _stratified_subset(y_tr, k_train, np.random.default_rng([int(seed), 0]))
-        x_tr, y_tr = x_tr[idx], y_tr[idx]
-    if k_test < total_test:
-        idx = _stratified_subset(y_te, k_test, np.random.default_rng([int(seed), 1]))
-        x_te, y_te = x_te[idx], y_te[idx]
+    x_tr, y_tr, x_te, y_te = _take_subsets(x_tr, y_tr, x_te, y_te, n_train, n_test, seed)
     if normalize == "standard":
         mean, std = _channel_stats(x_tr)
     else:

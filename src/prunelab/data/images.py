@@ -174,6 +174,34 @@ def _check_count(name: str, value: int | None, total: int) -> int:
     return int(value)
 
 
+def _check_subset_options(seed: Any, n_train: Any, n_test: Any) -> None:
+    """Type- and range-check a loader's seed and subset sizes before any file is read (the
+    sizes' upper bound comes later, from the files: `_take_subsets`)."""
+    _check_int("seed", seed)
+    check_range("seed", int(seed), 0)
+    for opt, val in (("n_train", n_train), ("n_test", n_test)):
+        if val is not None:
+            _check_int(opt, val)
+            check_range(opt, int(val), 1)
+
+
+def _take_subsets(
+    x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
+    n_train: int | None, n_test: int | None, seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded stratified subsets of `n_train` training and `n_test` test samples (a whole
+    split when None or its full size), drawn from the streams [seed, 0] and [seed, 1]."""
+    k_train = _check_count("n_train", n_train, len(y_tr))
+    k_test = _check_count("n_test", n_test, len(y_te))
+    if k_train < len(y_tr):
+        idx = _stratified_subset(y_tr, k_train, np.random.default_rng([int(seed), 0]))
+        x_tr, y_tr = x_tr[idx], y_tr[idx]
+    if k_test < len(y_te):
+        idx = _stratified_subset(y_te, k_test, np.random.default_rng([int(seed), 1]))
+        x_te, y_te = x_te[idx], y_te[idx]
+    return x_tr, y_tr, x_te, y_te
+
+
 def _stratified_subset(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Exactly n indices, each class represented in proportion (largest-remainder rounding)."""
     if n >= len(y):
@@ -226,27 +254,14 @@ def _load_image_set(
         raise ConfigError(
             f"normalize must be one of {', '.join(NORMALIZE_CHOICES)}, got {normalize!r}"
         )
-    _check_int("seed", seed)
-    check_range("seed", int(seed), 0)
-    # type-check the subset sizes before any file is read; their upper bound comes later
-    for opt, val in (("n_train", n_train), ("n_test", n_test)):
-        if val is not None:
-            _check_int(opt, val)
-            check_range(opt, int(val), 1)
+    _check_subset_options(seed, n_train, n_test)
     get_with = f"prunelab data download {key}"
     data_dir = _data_root(data_dir, spec["folder"])
     paths = [find_data_file(_candidates(spec["folder"], s), data_dir, get_with) for s in IDX_FILES]
     x_tr, y_tr = _read_pair(paths[0], paths[1])
     x_te, y_te = _read_pair(paths[2], paths[3])
     total_train, total_test = len(y_tr), len(y_te)
-    k_train = _check_count("n_train", n_train, total_train)
-    k_test = _check_count("n_test", n_test, total_test)
-    if k_train < total_train:
-        idx = _stratified_subset(y_tr, k_train, np.random.default_rng([int(seed), 0]))
-        x_tr, y_tr = x_tr[idx], y_tr[idx]
-    if k_test < total_test:
-        idx = _stratified_subset(y_te, k_test, np.random.default_rng([int(seed), 1]))
-        x_te, y_te = x_te[idx], y_te[idx]
+    x_tr, y_tr, x_te, y_te = _take_subsets(x_tr, y_tr, x_te, y_te, n_train, n_test, seed)
 
     def scale(x: np.ndarray) -> np.ndarray:
         # one multiply and one add: (x/255 - mean)/std == x * (1/(255 std)) - mean/std
