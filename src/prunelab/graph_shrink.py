@@ -49,7 +49,7 @@ from prunelab.groups import (
     analyse,
     check_group_masks,
 )
-from prunelab.optimizers import carry_state, rebuild_optimizer
+from prunelab.optimizers import carry_state, regroup
 
 FOLDS = ("auto", "bias")
 GroupMasks = Mapping[str, torch.Tensor]
@@ -326,24 +326,16 @@ def shrink_groups_with_optimizer(
     the old optimizer must be attached again."""
     groups = _groups_for(model, groups, example_input, keep)
     new_model, params = _build(model, groups, keep, means, fold)
-    old_params = dict(model.named_parameters())
     new_params = dict(new_model.named_parameters())
-    name_of = {id(p): n for n, p in old_params.items()}
+    name_of = {id(p): n for n, p in model.named_parameters()}
     created = {n for n, pm in params.items() if pm.old is None}
-    new_groups = []
-    for g in optimizer.param_groups:
-        ps = []
-        for p in g["params"]:
-            if id(p) not in name_of:
-                raise ConfigError("the optimizer holds a parameter that is not the model's; "
-                                  "cannot map its state onto the shrunk model")
-            name = name_of[id(p)]
-            ps.append(new_params[name])
-            bias = name[: -len("weight")] + "bias" if name.endswith("weight") else None
-            if bias in created:
-                ps.append(new_params[bias])
-        new_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
-    new_opt = rebuild_optimizer(optimizer, new_groups)
+
+    def successors(name: str) -> list[torch.Tensor]:
+        """The parameter, and after a weight the bias the fold created for its layer."""
+        bias = name[: -len("weight")] + "bias" if name.endswith("weight") else None
+        return [new_params[name]] + ([new_params[bias]] if bias in created else [])
+
+    new_opt = regroup(optimizer, name_of, successors)
     carry_state(optimizer, new_opt, name_of, new_params, params)
     return new_model, new_opt
 
