@@ -330,11 +330,6 @@ def complexity(model: nn.Module, input_shape: Sequence[int]) -> Complexity:
 Plan = tuple
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, attr, new)
-
-
 @torch.no_grad()
 def _slice_units(name: str, sec: Section, keep: torch.Tensor, plans: dict[str, Plan]) -> None:
     body = sec.body
@@ -405,7 +400,7 @@ def _fold(model: nn.Module, plans: dict[str, Plan]) -> int:
                     bias += target.weight @ p.bias
                     plans[f"{target_name}.bias"] = ("fresh", f"{target_name}.bias")
                 new.bias.copy_(bias)
-            _set_module(model, target_name, new)
+            model.set_submodule(target_name, new)
             a.shortcut = nn.Identity()
             folded += 1
             changed = True

@@ -344,12 +344,6 @@ def _new_layer(old: nn.Module, n_out: int, n_in: int, bias: bool) -> nn.Module:
                      dilation=old.dilation, bias=bias, padding_mode=old.padding_mode, **kw)
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
-
-
 @torch.no_grad()
 def _build(model: nn.Module, unit_masks: Mapping[str, torch.Tensor],
            means: Mapping[str, torch.Tensor] | None) -> tuple[nn.Module, dict[str, _ParamPlan]]:
@@ -374,7 +368,7 @@ def _build(model: nn.Module, unit_masks: Mapping[str, torch.Tensor],
         layer.train(L.module.training)
         for p_old, p_new in zip(L.module.parameters(), layer.parameters()):
             p_new.requires_grad_(p_old.requires_grad)
-        _set_module(new, L.name, layer)
+        new.set_submodule(L.name, layer)
     return new, plans
 
 
