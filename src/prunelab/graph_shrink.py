@@ -49,7 +49,7 @@ from prunelab.groups import (
     analyse,
     check_group_masks,
 )
-from prunelab.optimizers import carry_state, rebuild_optimizer
+from prunelab.optimizers import carry_state, regroup
 
 FOLDS = ("auto", "bias")
 GroupMasks = Mapping[str, torch.Tensor]
@@ -191,12 +191,6 @@ def _slice(t: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None
     return t.clone()
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
-
-
 @dataclass
 class _ParamMap:
     """Where a parameter of the shrunk model comes from: the old name and its kept rows and
@@ -233,7 +227,7 @@ def _build(model: nn.Module, groups: list[Group], keep: GroupMasks,
         old = model.get_submodule(name)
         prefix = f"{name}." if name else ""
         if isinstance(old, PadShortcut):
-            _set_module(new, name, _new_module(old, k))
+            new.set_submodule(name, _new_module(old, k))
             continue
         has_bias = getattr(old, "bias", None) is not None or name in bias_add
         layer = _new_module(old, k, bias=has_bias if not isinstance(old, NORMS) else None)
@@ -263,7 +257,7 @@ def _build(model: nn.Module, groups: list[Group], keep: GroupMasks,
             layer.running_var.copy_(_slice(old.running_var.detach(), k.rows, None))
             layer.num_batches_tracked.copy_(old.num_batches_tracked)
         layer.train(old.training)
-        _set_module(new, name, layer)
+        new.set_submodule(name, layer)
     return new, params
 
 
@@ -326,24 +320,16 @@ def shrink_groups_with_optimizer(
     the old optimizer must be attached again."""
     groups = _groups_for(model, groups, example_input, keep)
     new_model, params = _build(model, groups, keep, means, fold)
-    old_params = dict(model.named_parameters())
     new_params = dict(new_model.named_parameters())
-    name_of = {id(p): n for n, p in old_params.items()}
+    name_of = {id(p): n for n, p in model.named_parameters()}
     created = {n for n, pm in params.items() if pm.old is None}
-    new_groups = []
-    for g in optimizer.param_groups:
-        ps = []
-        for p in g["params"]:
-            if id(p) not in name_of:
-                raise ConfigError("the optimizer holds a parameter that is not the model's; "
-                                  "cannot map its state onto the shrunk model")
-            name = name_of[id(p)]
-            ps.append(new_params[name])
-            bias = name[: -len("weight")] + "bias" if name.endswith("weight") else None
-            if bias in created:
-                ps.append(new_params[bias])
-        new_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
-    new_opt = rebuild_optimizer(optimizer, new_groups)
+
+    def successors(name: str) -> list[torch.Tensor]:
+        """The parameter, and after a weight the bias the fold created for its layer."""
+        bias = name[: -len("weight")] + "bias" if name.endswith("weight") else None
+        return [new_params[name]] + ([new_params[bias]] if bias in created else [])
+
+    new_opt = regroup(optimizer, name_of, successors)
     carry_state(optimizer, new_opt, name_of, new_params, params)
     return new_model, new_opt
 
@@ -484,7 +470,7 @@ def from_graph_architecture(spec: Mapping[str, Any]) -> nn.Module:
         if isinstance(old, PadShortcut):
             new = PadShortcut(cols, rows, old.stride)
             new.left, new.right = int(args["left"]), rows - cols - int(args["left"])
-            _set_module(model, name, new)
+            model.set_submodule(name, new)
             continue
         bias = args.get("bias") if not isinstance(old, NORMS) else None
         if k.rows is None and k.cols is None and (bias is None or bias == (old.bias is not None)):
@@ -498,7 +484,7 @@ def from_graph_architecture(spec: Mapping[str, Any]) -> nn.Module:
                 dst.zero_()
             else:
                 dst.copy_(_slice(src, k.rows, k.cols if attr == "weight" else None))
-        _set_module(model, name, layer)
+        model.set_submodule(name, layer)
     return model
 
 

@@ -23,8 +23,7 @@ activation before pooling) so chain results do not move.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +32,7 @@ from torch.nn import functional as F
 
 from prunelab.errors import ConfigError, UnknownNameError, check_range
 from prunelab.groups import Group, Member, channel_groups
+from prunelab.scores import _batches, _eval_mode
 
 UNIT_SCORES = ("mrs", "norm", "removal", "oracle", "random")
 
@@ -162,23 +162,6 @@ class GroupCollector:
 
 
 # ----------------------------------------------------------------------------- one pass
-
-
-def _batches(batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from prunelab.scores import _batches as parse
-
-    return parse(batches)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in modes.items():
-            m.train(t)
 
 
 def _groups(model: nn.Module, groups: Iterable[Group] | None, data=()) -> list[Group]:

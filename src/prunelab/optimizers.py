@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,6 +34,25 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer,
                           f"model ({exc})") from None
     new_opt.defaults.update(optimizer.defaults)
     return new_opt
+
+
+def regroup(optimizer: torch.optim.Optimizer, name_of: Mapping[int, str],
+            successors: Callable[[str], list[torch.Tensor]],
+            model: str = "shrunk model") -> torch.optim.Optimizer:
+    """`rebuild_optimizer` over `optimizer`'s param groups with each parameter replaced by
+    `successors(its name)` (`name_of`: id(old parameter) -> name), so every new parameter
+    joins its source's group and hyper-parameters. ConfigError for a parameter `name_of` does
+    not know (not the model's: its state could not be mapped onto the new `model`)."""
+    groups = []
+    for g in optimizer.param_groups:
+        ps: list[torch.Tensor] = []
+        for p in g["params"]:
+            if id(p) not in name_of:
+                raise ConfigError("the optimizer holds a parameter that is not the model's; "
+                                  f"cannot map its state onto the {model}")
+            ps += successors(name_of[id(p)])
+        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
+    return rebuild_optimizer(optimizer, groups)
 
 
 def carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer,

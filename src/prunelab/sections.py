@@ -41,7 +41,7 @@ from torch import nn
 from prunelab.cifar_nets import BasicBlock, CifarResNet, PadShortcut, WideBlock, WideResNet
 from prunelab.errors import ConfigError, DataError
 from prunelab.masks import CHAIN_ACTIVATIONS
-from prunelab.optimizers import rebuild_optimizer
+from prunelab.optimizers import carry_state, regroup
 
 SPEC_FORMAT = "prunelab.sections/1"
 
@@ -330,11 +330,6 @@ def complexity(model: nn.Module, input_shape: Sequence[int]) -> Complexity:
 Plan = tuple
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, attr, new)
-
-
 @torch.no_grad()
 def _slice_units(name: str, sec: Section, keep: torch.Tensor, plans: dict[str, Plan]) -> None:
     body = sec.body
@@ -405,7 +400,7 @@ def _fold(model: nn.Module, plans: dict[str, Plan]) -> int:
                     bias += target.weight @ p.bias
                     plans[f"{target_name}.bias"] = ("fresh", f"{target_name}.bias")
                 new.bias.copy_(bias)
-            _set_module(model, target_name, new)
+            model.set_submodule(target_name, new)
             a.shortcut = nn.Identity()
             folded += 1
             changed = True
@@ -455,6 +450,16 @@ def rebuild(model: nn.Module, remove: Iterable[str] = (),
     return new, final
 
 
+@dataclass
+class _Rows:
+    """A "rows" plan as a `prunelab.optimizers.carry_state` slicer: the kept rows, copied."""
+
+    rows: torch.Tensor
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        return t.index_select(0, self.rows.to(t.device)).clone()
+
+
 def carry_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Module,
                     plans: Mapping[str, Plan]) -> torch.optim.Optimizer:
     """An optimizer of the same class and param-group hyper-parameters over `new`'s
@@ -463,33 +468,16 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Mo
     ("fresh") start with empty state. Hooks of the old optimizer are not carried."""
     old_params = dict(old.named_parameters())
     new_params = dict(new.named_parameters())
-    name_of = {id(p): n for n, p in old_params.items()}
     by_source: dict[str, list[str]] = {}
     for n, plan in plans.items():
         by_source.setdefault(plan[1], []).append(n)
-    groups = []
-    for g in optimizer.param_groups:
-        ps = []
-        for p in g["params"]:
-            if id(p) not in name_of:
-                raise ConfigError("the optimizer holds a parameter that is not the model's; "
-                                  "cannot map its state onto the rebuilt model")
-            ps += [new_params[n] for n in by_source.get(name_of[id(p)], [])]
-        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
-    opt = rebuild_optimizer(optimizer, groups)  # AdamW refuses its own defaults back
-    for n, plan in plans.items():
-        src = old_params.get(plan[1])
-        if plan[0] == "fresh" or src is None or src not in optimizer.state:
-            continue
-        state: dict[str, Any] = {}
-        for k, v in optimizer.state[src].items():
-            if isinstance(v, torch.Tensor) and v.shape == src.shape and plan[0] == "rows":
-                state[k] = v.index_select(0, plan[2].to(v.device)).clone()
-            elif isinstance(v, torch.Tensor):
-                state[k] = v.clone()
-            else:
-                state[k] = copy.deepcopy(v)
-        opt.state[new_params[n]] = state
+    opt = regroup(optimizer, {id(p): n for n, p in old_params.items()},
+                  lambda n: [new_params[m] for m in by_source.get(n, [])], "rebuilt model")
+    # state follows each copied or sliced parameter (by its new name); folded ones start afresh
+    carried = {id(old_params[plan[1]]): n for n, plan in plans.items()
+               if plan[0] != "fresh" and plan[1] in old_params}
+    rows = {n: _Rows(plan[2]) for n, plan in plans.items() if plan[0] == "rows"}
+    carry_state(optimizer, opt, carried, new_params, rows)
     return opt
 
 

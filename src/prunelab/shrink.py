@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from prunelab import atomic
-from prunelab.errors import ConfigError, DataError, MaskError
+from prunelab.errors import DataError, MaskError
 from prunelab.masks import (
     CHAIN_ACTIVATIONS,
     CHAIN_LAYERS,
@@ -37,7 +37,7 @@ from prunelab.masks import (
     alive_units,
     sparsity_report,
 )
-from prunelab.optimizers import carry_state, rebuild_optimizer
+from prunelab.optimizers import carry_state, regroup
 
 # One vocabulary of chain modules, shared with the sparsity report and unit masks.
 LAYERS = CHAIN_LAYERS
@@ -344,12 +344,6 @@ def _new_layer(old: nn.Module, n_out: int, n_in: int, bias: bool) -> nn.Module:
                      dilation=old.dilation, bias=bias, padding_mode=old.padding_mode, **kw)
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
-
-
 @torch.no_grad()
 def _build(model: nn.Module, unit_masks: Mapping[str, torch.Tensor],
            means: Mapping[str, torch.Tensor] | None) -> tuple[nn.Module, dict[str, _ParamPlan]]:
@@ -374,7 +368,7 @@ def _build(model: nn.Module, unit_masks: Mapping[str, torch.Tensor],
         layer.train(L.module.training)
         for p_old, p_new in zip(L.module.parameters(), layer.parameters()):
             p_new.requires_grad_(p_old.requires_grad)
-        _set_module(new, L.name, layer)
+        new.set_submodule(L.name, layer)
     return new, plans
 
 
@@ -445,19 +439,9 @@ def shrink_with_optimizer(
 
         return shrink_groups_with_optimizer(model, unit_masks, optimizer, means=means)
     new_model, plans = _build(model, unit_masks, means)
-    old_params = dict(model.named_parameters())
     new_params = dict(new_model.named_parameters())
-    name_of = {id(p): n for n, p in old_params.items()}
-    groups = []
-    for g in optimizer.param_groups:
-        ps = []
-        for p in g["params"]:
-            if id(p) not in name_of:
-                raise ConfigError("the optimizer holds a parameter that is not the model's; "
-                                  "cannot map its state onto the shrunk model")
-            ps.append(new_params[name_of[id(p)]])
-        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
-    new_opt = rebuild_optimizer(optimizer, groups)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    new_opt = regroup(optimizer, name_of, lambda n: [new_params[n]])
     carry_state(optimizer, new_opt, name_of, new_params, plans)
     return new_model, new_opt
 

@@ -88,7 +88,6 @@ from torch import nn
 
 from prunelab.errors import ConfigError, check_range
 from prunelab.gates import sample
-from prunelab.masks import sparsity_report
 from prunelab.methods.base import PruningMethod, TrainContext
 from prunelab.methods.bernoulli import BernoulliGating, gate_regulariser
 from prunelab.sections import (
@@ -505,9 +504,6 @@ class LayerGating(BernoulliGating):
         return self.ctx.model
 
     # ------------------------------------------------------------------ reporting
-    def _forward_flops(self, model: nn.Module) -> int:
-        return int(sparsity_report(model, None, self.input_shape)["global"]["flops_dense"])
-
     def _record(self) -> None:
         row: dict[str, Any] = {"step": self.step}
         for n in self.start_sections:
