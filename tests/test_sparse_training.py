@@ -16,9 +16,9 @@ from prunelab.config import RunConfig, TrainConfig
 from prunelab.data import load_dataset
 from prunelab.errors import ConfigError
 from prunelab.experiments import sparse_training as st
-from prunelab.experiments.subruns import SubrunCache, spec_hash
 from prunelab.flops import forward_flops, layer_forward_flops, phases_from_trace, training_flops
 from prunelab.models import build_model, count_parameters
+from prunelab.subruns import SubrunCache, spec_key
 from prunelab.train import run as train_run
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -95,22 +95,27 @@ def test_subrun_store_reads_back_by_spec_and_misses_on_any_change(tmp_path):
 
     def work():
         calls.append(1)
+        torch.rand(5)  # a sub-run moves the global generator
         return {"w": torch.arange(3.0), "acc": 0.9}
 
     spec = {"config": {"lr": 0.1, "seed": 0}, "data": "mnist"}
     first = cache.get_or_run(spec, work)
+    after_first = torch.rand(3)
     again = SubrunCache(tmp_path / "store").get_or_run(dict(spec), work)  # a new process
     assert len(calls) == 1 and torch.equal(again["w"], first["w"]) and again["acc"] == 0.9
+    assert torch.equal(torch.rand(3), after_first)  # the generators as the sub-run left them
     cache.get_or_run({"config": {"lr": 0.1, "seed": 1}, "data": "mnist"}, work)
-    assert len(calls) == 2 and cache.hits == 0 and cache.misses == 2
-    assert spec_hash({"b": 1, "a": 2}) == spec_hash({"a": 2, "b": 1})
+    assert len(calls) == 2 and cache.hits == 0 and cache.runs == 2
+    assert spec_key({"b": 1, "a": 2}) == spec_key({"a": 2, "b": 1})
     # a file renamed onto another spec's key is not trusted
     other = {"config": {"lr": 0.2}}
-    (tmp_path / "store" / f"{spec_hash(spec)}.pt").rename(cache.path(other))
-    assert cache.get(other) is None
-    cache.clear()
+    (tmp_path / "store" / f"{spec_key(spec)}.pt").rename(tmp_path / "store" /
+                                                         f"{spec_key(other)}.pt")
+    cache.get_or_run(other, work)
+    assert len(calls) == 3 and cache.hits == 0
+    cache.remove()
     assert not (tmp_path / "store").exists()
-    assert SubrunCache(None).get_or_run(spec, work)["acc"] == 0.9 and len(calls) == 3
+    assert SubrunCache(None).get_or_run(spec, work)["acc"] == 0.9 and len(calls) == 4
 
 
 # ----------------------------------------------------------------------------- small dense

@@ -17,7 +17,11 @@ error in the command keeps it, so the next attempt reuses every finished sub-run
 
 Use: `cache = SubrunCache.for_output(out)`, then `cache.run(cfg, data=..., ...)` where the
 code called `prunelab.train.run(cfg, ...)` and `cache.retrain_from(cfg, masks, init, ...)`
-where it called `prunelab.retrain.retrain_from`; `SubrunCache(None)` caches nothing.
+where it called `prunelab.retrain.retrain_from`; `SubrunCache(None)` caches nothing. A sub-run
+whose result is more than a run directory (derived numbers, a method's trace) goes through
+`cache.get_or_run(spec, fn)`: `fn()`'s result is stored whole (`torch.save`, atomically, with
+the generators' state) under the hash of `spec`, a JSON-able mapping of everything that decides
+it (`spec_key`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import hashlib
 import json
 import shutil
 import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +134,25 @@ class SubrunCache:
         self.runs += 1
         return result
 
+    def get_or_run(self, spec: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
+        """The stored result of the sub-run `spec` describes, or `fn()` (then stored with the
+        generators' state it left, restored when it is read back)."""
+        if self.directory is None:
+            return fn()
+        key = spec_key(spec)
+        path = self.directory / f"{key}.pt"
+        if path.is_file():
+            entry = torch.load(path, map_location="cpu", weights_only=False)
+            if entry.get("key") == key:  # not a file copied under another spec's name
+                prunelab_resume.set_rng_state(entry["rng"])
+                self.hits += 1
+                return entry["result"]
+        result = fn()
+        atomic.save_torch(path, {"key": key, "spec": dict(spec), "result": result,
+                                 "rng": prunelab_resume.rng_state()})
+        self.runs += 1
+        return result
+
     def remove(self) -> None:
         """Delete the cache (the command has written its results)."""
         if self._directory is not None:
@@ -136,6 +160,12 @@ class SubrunCache:
 
 
 # ----------------------------------------------------------------------------- keys
+
+
+def spec_key(spec: Mapping[str, Any]) -> str:
+    """A 16-hex-digit key of a JSON-able spec (keys sorted; other values by `str`)."""
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def subrun_key(kind: str, cfg: RunConfig, data: Any, *, method: Any = None,
@@ -154,8 +184,7 @@ def subrun_key(kind: str, cfg: RunConfig, data: Any, *, method: Any = None,
         "architecture": json.dumps(architecture, sort_keys=True, default=str),
         "extra": json.dumps(extra, sort_keys=True, default=str),
     }
-    text = json.dumps(blob, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+    return spec_key(blob)
 
 
 _IDENTITIES: dict[int, tuple[Any, str]] = {}

@@ -35,9 +35,9 @@ landscape sparsity. Paired claims need 5 seeds (the issue's >= 5) and so are not
 the quick scale (3 seeds).
 
 Each finished sub-run (final weights, masks, metrics, FLOPs) is stored by the hash of its spec
-in `<out>.subruns/` next to the output directory (`experiments.subruns`): a run interrupted
-and started again skips what it finished. The store is removed after a successful run unless
-`Settings.keep_subruns`.
+in `.<out>.subruns/` next to the output directory (`prunelab.subruns.SubrunCache.get_or_run`):
+a run interrupted and started again skips what it finished. The store is removed after a
+successful run unless `Settings.keep_subruns`.
 
 `--quick`: LeNet-300-100 at 90% and 98%, seeds 0-2, a 10,000-image training subset, 6 epochs
 (7-11 CPU-minutes single-threaded on a shared 2-core machine). `medium_settings()` (Python
@@ -81,7 +81,6 @@ from prunelab.config import RunConfig, TrainConfig
 from prunelab.data import Dataset
 from prunelab.errors import ConfigError, DataError
 from prunelab.experiments.sparse_landscape import BARRIER_CLEAR, pruning_steps
-from prunelab.experiments.subruns import SubrunCache, spec_hash
 from prunelab.firewall import Firewall
 from prunelab.flops import phases_from_trace, training_flops
 from prunelab.landscape.curves import BezierCurve, evaluate_curve, train_curve
@@ -95,6 +94,7 @@ from prunelab.methods.magnitude import GradualMagnitude
 from prunelab.models import build_model, count_parameters
 from prunelab.report import markdown_table, new_figure, save_figure
 from prunelab.retrain import retrain_config, retrain_from
+from prunelab.subruns import SubrunCache, spec_key
 from prunelab.threads import torch_threads
 from prunelab.train import prepare
 from prunelab.train import run as train_run
@@ -441,7 +441,7 @@ class Runner:
     def _timed(self, label: str, spec: dict[str, Any], work) -> dict[str, Any]:
         hits = self.cache.hits
         out = self.cache.get_or_run(spec, work)
-        out["spec_hash"] = spec_hash(spec)
+        out["spec_hash"] = spec_key(spec)
         split = "validation" if spec["data"]["split"] != "train" else "test"
         how = "stored" if self.cache.hits > hits else f"{out['seconds']:.0f} s"
         if out.get("diverged"):
@@ -666,8 +666,8 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         "paths": {k: v.to_dict() for k, v in line_results.items()},
         "curve_paths": {k: v["path"].to_dict() for k, v in curves.items()},
         "claims": [v.to_dict() for v in verdicts],
-        "subruns": {"stored_at": str(cache.root), "read_back": cache.hits, "run": cache.misses,
-                    "kept": s.keep_subruns},
+        "subruns": {"stored_at": str(cache.directory), "read_back": cache.hits,
+                    "run": cache.runs, "kept": s.keep_subruns},
         "figures": [], **fw.to_results(),
     }
     with atomic.staged_directory(out) as stage:
@@ -676,7 +676,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results, verdicts, fw))
     if not s.keep_subruns:
-        cache.clear()
+        cache.remove()
     for line in log_lines(verdicts, quick):
         log(line)
     log(f"wrote {out}/report.md ({elapsed:.0f} s)")
