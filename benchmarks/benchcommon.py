@@ -1,5 +1,5 @@
-"""Shared helpers of the benchmark scripts: machine description, JSON output and side-by-side
-timing in alternating rounds."""
+"""Shared helpers of the benchmark scripts: machine description, JSON output, side-by-side
+timing in alternating rounds and paired training runs."""
 
 from __future__ import annotations
 
@@ -122,6 +122,49 @@ def median_repeat(runs: list[T], key: Callable[[T], float]) -> T:
     """The run of median rank by `key` among repeated measurements (the upper one of the two
     middle runs of an even count): the repeat a benchmark reports and judges."""
     return sorted(runs, key=key)[len(runs) // 2]
+
+
+def data_dir() -> str:
+    """Where the real data sets are: $PRUNELAB_DATA, else ../shared/data next to the
+    repository."""
+    return os.environ.get("PRUNELAB_DATA") or str(REPO_ROOT.parent / "shared" / "data")
+
+
+def timed_training(model: Any, data: Any, cfg: Any, method: Any) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds of this process and test error of one `Trainer` run of
+    `model` on `data` with the TrainConfig `cfg` and the pruning `method`."""
+    from prunelab.train import Trainer
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = Trainer(model, data, cfg, method, progress=False).fit()
+    return (time.perf_counter() - start, time.process_time() - cpu_start,
+            1.0 - result.final["test_accuracy"])
+
+
+def paired_training_rounds(rounds: int, labels: tuple[str, str],
+                           run: Callable[[str], tuple[float, float, float]]) -> dict[str, Any]:
+    """`rounds` rounds of one training run per label, the order reversed every other round;
+    `run(label)` returns (wall s, process CPU s, test error) (`timed_training`), printed as
+    each run ends. Returns {"seconds", "median_seconds", "cpu_seconds", "median_cpu_seconds"}
+    by label, each label's last "test_error" and the "per_round_ratios" second / first."""
+    first, second = labels
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    cpu_times: dict[str, list[float]] = {label: [] for label in labels}
+    errors: dict[str, float] = {}
+    width = max(map(len, labels))
+    for r in range(rounds):
+        for label in labels if r % 2 == 0 else labels[::-1]:
+            secs, cpu, err = run(label)
+            times[label].append(secs)
+            cpu_times[label].append(cpu)
+            errors[label] = err
+            print(f"round {r + 1}: {label:{width}s} {secs:7.2f}s (CPU {cpu:7.2f}s)  test error "
+                  f"{100 * err:.2f}%", flush=True)
+    return {"seconds": times, "median_seconds": {k: median(v) for k, v in times.items()},
+            "cpu_seconds": cpu_times,
+            "median_cpu_seconds": {k: median(v) for k, v in cpu_times.items()},
+            "test_error": errors,
+            "per_round_ratios": [b / a for a, b in zip(times[first], times[second])]}
 
 
 def report_ratio(name: str, times: dict[str, list[float]], per: str, numerator: str,
