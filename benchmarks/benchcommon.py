@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: machine description and JSON output."""
+"""Shared helpers of the benchmark scripts: machine description, JSON output, side-by-side
+timing in alternating rounds and paired training runs."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
+
+T = TypeVar("T")
 
 
 def cpu_model() -> str:
@@ -69,24 +72,99 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def alternating_us(ways: dict[Any, Callable[[], Any]], rounds: int, calls: int,
-                   warmup: int = 0) -> dict[Any, list[float]]:
-    """Microseconds per call of each of `ways`, one figure per round: `calls` timed calls, the
-    ways taking turns in an order that reverses every round (so a slow spell of the machine
-    hits each alike), after `warmup` untimed calls of each before the first round."""
+WALL: dict[str, Callable[[], float]] = {"wall": time.perf_counter}
+
+
+def alternating_times(ways: dict[Any, Callable[[], Any]], rounds: int, calls: int,
+                      warmup: int = 0, clocks: dict[str, Callable[[], float]] = WALL
+                      ) -> dict[str, dict[Any, list[float]]]:
+    """Seconds per call of each of `ways` on each of `clocks` ({name: timer}, e.g. wall clock
+    and `time.thread_time`), one figure per round: `calls` timed calls, the ways taking turns
+    in an order that reverses every round (so a slow spell of the machine hits each alike),
+    after `warmup` untimed calls of each before the first round."""
     names = list(ways)
     for name in names:
         for _ in range(warmup):
             ways[name]()
-    times: dict[Any, list[float]] = {name: [] for name in names}
+    times: dict[str, dict[Any, list[float]]] = {c: {name: [] for name in names} for c in clocks}
+    timers = list(clocks.items())
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
             fn = ways[name]
-            start = time.perf_counter()
+            start = [timer() for _, timer in timers]
             for _ in range(calls):
                 fn()
-            times[name].append((time.perf_counter() - start) / calls * 1e6)
+            stop = [timer() for _, timer in timers]
+            for (clock, _), a, b in zip(timers, start, stop):
+                times[clock][name].append((b - a) / calls)
     return times
+
+
+def alternating_us(ways: dict[Any, Callable[[], Any]], rounds: int, calls: int,
+                   warmup: int = 0) -> dict[Any, list[float]]:
+    """Wall-clock microseconds per call of each of `ways`, one figure per round
+    (`alternating_times`)."""
+    wall = alternating_times(ways, rounds, calls, warmup)["wall"]
+    return {name: [t * 1e6 for t in ts] for name, ts in wall.items()}
+
+
+def speedup(slow: list[float], fast: list[float], slow_name: str,
+            fast_name: str) -> dict[str, float]:
+    """Two ways' per-round seconds, timed side by side: each one's median in milliseconds,
+    the ratio of the medians (`achieved_speedup`) and the median of the per-round ratios."""
+    return {f"median_ms_{slow_name}": median(slow) * 1e3,
+            f"median_ms_{fast_name}": median(fast) * 1e3,
+            "achieved_speedup": median(slow) / median(fast),
+            "paired_speedup": median([a / b for a, b in zip(slow, fast)])}
+
+
+def median_repeat(runs: list[T], key: Callable[[T], float]) -> T:
+    """The run of median rank by `key` among repeated measurements (the upper one of the two
+    middle runs of an even count): the repeat a benchmark reports and judges."""
+    return sorted(runs, key=key)[len(runs) // 2]
+
+
+def data_dir() -> str:
+    """Where the real data sets are: $PRUNELAB_DATA, else ../shared/data next to the
+    repository."""
+    return os.environ.get("PRUNELAB_DATA") or str(REPO_ROOT.parent / "shared" / "data")
+
+
+def timed_training(model: Any, data: Any, cfg: Any, method: Any) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds of this process and test error of one `Trainer` run of
+    `model` on `data` with the TrainConfig `cfg` and the pruning `method`."""
+    from prunelab.train import Trainer
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = Trainer(model, data, cfg, method, progress=False).fit()
+    return (time.perf_counter() - start, time.process_time() - cpu_start,
+            1.0 - result.final["test_accuracy"])
+
+
+def paired_training_rounds(rounds: int, labels: tuple[str, str],
+                           run: Callable[[str], tuple[float, float, float]]) -> dict[str, Any]:
+    """`rounds` rounds of one training run per label, the order reversed every other round;
+    `run(label)` returns (wall s, process CPU s, test error) (`timed_training`), printed as
+    each run ends. Returns {"seconds", "median_seconds", "cpu_seconds", "median_cpu_seconds"}
+    by label, each label's last "test_error" and the "per_round_ratios" second / first."""
+    first, second = labels
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    cpu_times: dict[str, list[float]] = {label: [] for label in labels}
+    errors: dict[str, float] = {}
+    width = max(map(len, labels))
+    for r in range(rounds):
+        for label in labels if r % 2 == 0 else labels[::-1]:
+            secs, cpu, err = run(label)
+            times[label].append(secs)
+            cpu_times[label].append(cpu)
+            errors[label] = err
+            print(f"round {r + 1}: {label:{width}s} {secs:7.2f}s (CPU {cpu:7.2f}s)  test error "
+                  f"{100 * err:.2f}%", flush=True)
+    return {"seconds": times, "median_seconds": {k: median(v) for k, v in times.items()},
+            "cpu_seconds": cpu_times,
+            "median_cpu_seconds": {k: median(v) for k, v in cpu_times.items()},
+            "test_error": errors,
+            "per_round_ratios": [b / a for a, b in zip(times[first], times[second])]}
 
 
 def report_ratio(name: str, times: dict[str, list[float]], per: str, numerator: str,

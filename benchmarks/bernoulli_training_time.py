@@ -21,13 +21,18 @@ Writes benchmarks/results/bernoulli_training_time.json. Needs MNIST in $PRUNELAB
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from pathlib import Path
+from typing import Any
 
 import torch
-from benchcommon import REPO_ROOT, machine_info, median, verdict, write_results
+from benchcommon import (
+    data_dir,
+    machine_info,
+    paired_training_rounds,
+    timed_training,
+    verdict,
+    write_results,
+)
 
 from prunelab.config import TrainConfig
 from prunelab.data import load_dataset
@@ -35,7 +40,7 @@ from prunelab.errors import PrunelabError
 from prunelab.experiments.bernoulli import METHOD_OPTIONS, QUICK_OPTIONS, build
 from prunelab.methods.base import PruningMethod
 from prunelab.methods.bernoulli import BernoulliGating
-from prunelab.train import Trainer, preload_optimizers
+from prunelab.train import preload_optimizers
 
 NAME = "bernoulli_training_time"
 
@@ -47,10 +52,7 @@ def one_run(data, width: int, epochs: int,
     model = build("lenet-300-100", width, data.input_shape, data.num_classes)
     cfg = TrainConfig(epochs=epochs, batch_size=100, optimizer="adam", lr=1e-3,
                       lr_schedule="cosine", seed=0, eval_train=False, checkpoint_epochs=False)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    result = Trainer(model, data, cfg, method, progress=False).fit()
-    return (time.perf_counter() - start, time.process_time() - cpu_start,
-            1.0 - result.final["test_accuracy"])
+    return timed_training(model, data, cfg, method)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,38 +67,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds = 1
     torch.set_num_threads(1)
-    data_dir = os.environ.get("PRUNELAB_DATA") or str(Path(REPO_ROOT).parent / "shared" / "data")
     try:
-        data = load_dataset("mnist", data_dir=data_dir,
+        data = load_dataset("mnist", data_dir=data_dir(),
                             n_train=10000 if args.subset else None, seed=0)
     except PrunelabError as exc:
         print(f"{NAME}: {exc}", file=sys.stderr)
         return 2
     options = QUICK_OPTIONS if args.subset else METHOD_OPTIONS
     preload_optimizers()  # else round 1's first run pays torch's one-time imports (~1 s)
-    times: dict[str, list[float]] = {"dense": [], "bernoulli": []}
-    cpu_times: dict[str, list[float]] = {"dense": [], "bernoulli": []}
-    errors: dict[str, float] = {}
-    summary = {}
-    for r in range(args.rounds):
-        order = ("dense", "bernoulli") if r % 2 == 0 else ("bernoulli", "dense")
-        for name in order:
-            if name == "dense":
-                method: PruningMethod = PruningMethod()
-            else:
-                method = BernoulliGating(n_train=data.n_train, **options)
-            secs, cpu, err = one_run(data, args.width, args.epochs, method)
-            times[name].append(secs)
-            cpu_times[name].append(cpu)
-            errors[name] = err
-            if name == "bernoulli":
-                summary = method.summary()
-            print(f"round {r + 1}: {name:9s} {secs:7.2f}s (CPU {cpu:7.2f}s)  test error "
-                  f"{100 * err:.2f}%", flush=True)
-    med = {k: median(v) for k, v in times.items()}
+    summary: dict[str, Any] = {}
+
+    def run(name: str) -> tuple[float, float, float]:
+        if name == "dense":
+            method: PruningMethod = PruningMethod()
+        else:
+            method = BernoulliGating(n_train=data.n_train, **options)
+        out = one_run(data, args.width, args.epochs, method)
+        if name == "bernoulli":
+            summary.update(method.summary())
+        return out
+
+    res = paired_training_rounds(args.rounds, ("dense", "bernoulli"), run)
+    med, cpu_med = res["median_seconds"], res["median_cpu_seconds"]
     ratio = med["bernoulli"] / med["dense"]
-    cpu_med = {k: median(v) for k, v in cpu_times.items()}
-    per_round = [b / d for b, d in zip(times["bernoulli"], times["dense"])]
+    per_round = res["per_round_ratios"]
     flops_ratio = summary["train_flops"] / summary["train_flops_dense"]
     ok = ratio < 1.0
     print(f"median wall time: dense {med['dense']:.2f}s, bernoulli {med['bernoulli']:.2f}s, "
@@ -109,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results(NAME, {
         "machine": machine_info(),
         "settings": vars(args) | {"method_options": options, "n_train": data.n_train},
-        "seconds": times, "median_seconds": med, "ratio_bernoulli_over_dense": ratio,
-        "per_round_ratios": per_round, "cpu_seconds": cpu_times, "median_cpu_seconds": cpu_med,
+        "seconds": res["seconds"], "median_seconds": med, "ratio_bernoulli_over_dense": ratio,
+        "per_round_ratios": per_round, "cpu_seconds": res["cpu_seconds"],
+        "median_cpu_seconds": cpu_med,
         "cpu_ratio_bernoulli_over_dense": cpu_med["bernoulli"] / cpu_med["dense"],
-        "train_flops_ratio": flops_ratio, "test_error": errors,
+        "train_flops_ratio": flops_ratio, "test_error": res["test_error"],
         "final_widths": summary["final_widths"], "start_widths": summary["start_widths"],
         "target": "bernoulli / dense < 1", "pass": ok,
     })

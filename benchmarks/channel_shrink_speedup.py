@@ -35,10 +35,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import torch
-from benchcommon import machine_info, median, verdict, write_results
+from benchcommon import (
+    alternating_times,
+    machine_info,
+    median_repeat,
+    speedup,
+    verdict,
+    write_results,
+)
 from torch import nn
 
 from prunelab.groups import channel_groups
@@ -54,6 +62,9 @@ KEEP = 0.5
 TARGET = 0.70
 NETS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}), ("vgg16-bn", {}))
+# wall clock and the verdict's clock, the timing thread's CPU time (one intra-op thread: all the
+# forward pass's work)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 def _label(name: str, opts: dict[str, Any]) -> str:
@@ -61,32 +72,13 @@ def _label(name: str, opts: dict[str, Any]) -> str:
 
 
 @torch.no_grad()
-def _time(model: nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float]:
-    """(wall seconds, thread CPU seconds) per forward pass."""
-    wall, cpu = time.perf_counter(), time.thread_time()
-    for _ in range(reps):
-        model(x)
-    return (time.perf_counter() - wall) / reps, (time.thread_time() - cpu) / reps
-
-
 def _pair_timing(dense: nn.Module, small: nn.Module, x: torch.Tensor, rounds: int,
                  reps: int) -> dict[str, Any]:
-    for _ in range(2):
-        _time(dense, x, 1)
-        _time(small, x, 1)
-    times: dict[str, list[tuple[float, float]]] = {"dense": [], "shrunk": []}
-    for r in range(rounds):
-        pair = [("dense", dense), ("shrunk", small)]
-        for label, m in pair if r % 2 == 0 else pair[::-1]:
-            times[label].append(_time(m, x, reps))
-    out: dict[str, Any] = {}
-    for k, clock in enumerate(("wall", "cpu")):
-        td = [t[k] for t in times["dense"]]
-        ts = [t[k] for t in times["shrunk"]]
-        out[clock] = {"median_ms_dense": median(td) * 1e3, "median_ms_shrunk": median(ts) * 1e3,
-                      "achieved_speedup": median(td) / median(ts),
-                      "paired_speedup": median([a / b for a, b in zip(td, ts)])}
-    return out
+    """Per clock (wall, thread CPU time) the two forward passes' times and speedup."""
+    times = alternating_times({"dense": partial(dense, x), "shrunk": partial(small, x)},
+                              rounds, reps, warmup=2, clocks=CLOCKS)
+    return {clock: speedup(t["dense"], t["shrunk"], "dense", "shrunk")
+            for clock, t in times.items()}
 
 
 def bench_net(name: str, opts: dict[str, Any], rounds: int, reps: int) -> dict[str, Any]:
@@ -141,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.repeats)]
     rows = []
     for i in range(len(NETS)):
-        runs = sorted((m[i] for m in measured), key=lambda r: r["fast"]["efficiency"])
-        row = runs[len(runs) // 2]
+        row = median_repeat([m[i] for m in measured], lambda r: r["fast"]["efficiency"])
         row["repeat_efficiencies"] = {f"{v} {c}": [m[i][v][c]["efficiency"] for m in measured]
                                       for v in ("plain", "fast") for c in ("cpu", "wall")}
         rows.append(row)

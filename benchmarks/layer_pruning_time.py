@@ -22,13 +22,18 @@ Writes benchmarks/results/layer_pruning_time.json. Needs MNIST in $PRUNELAB_DATA
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from pathlib import Path
+from typing import Any
 
 import torch
-from benchcommon import REPO_ROOT, machine_info, median, verdict, write_results
+from benchcommon import (
+    data_dir,
+    machine_info,
+    paired_training_rounds,
+    timed_training,
+    verdict,
+    write_results,
+)
 
 from prunelab.config import TrainConfig
 from prunelab.data import load_dataset
@@ -36,7 +41,7 @@ from prunelab.errors import PrunelabError
 from prunelab.experiments.layer_pruning import METHOD_OPTIONS, deep_mlp
 from prunelab.methods.base import PruningMethod
 from prunelab.methods.layer_gates import LayerGating
-from prunelab.train import Trainer, preload_optimizers
+from prunelab.train import preload_optimizers
 
 NAME = "layer_pruning_time"
 
@@ -47,10 +52,7 @@ def one_run(data, depth: int, epochs: int, method: PruningMethod) -> tuple[float
     model = deep_mlp(depth, 100, data.input_shape, data.num_classes)
     cfg = TrainConfig(epochs=epochs, batch_size=100, optimizer="adam", lr=1e-3,
                       lr_schedule="cosine", seed=0, eval_train=False, checkpoint_epochs=False)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    result = Trainer(model, data, cfg, method, progress=False).fit()
-    return (time.perf_counter() - start, time.process_time() - cpu_start,
-            1.0 - result.final["test_accuracy"])
+    return timed_training(model, data, cfg, method)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = 1
     epochs = args.epochs or (20 if args.full else 8)
     torch.set_num_threads(1)
-    data_dir = os.environ.get("PRUNELAB_DATA") or str(Path(REPO_ROOT).parent / "shared" / "data")
     try:
-        data = load_dataset("mnist", data_dir=data_dir, n_train=None if args.full else 10000,
+        data = load_dataset("mnist", data_dir=data_dir(), n_train=None if args.full else 10000,
                             seed=0)
     except PrunelabError as exc:
         print(f"{NAME}: {exc}", file=sys.stderr)
@@ -76,27 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     options = {**METHOD_OPTIONS, "penalty_scale": 30.0 if args.full else 5.0,
                "strength": args.strength}
     preload_optimizers()
-    times: dict[str, list[float]] = {"dense": [], "gated": []}
-    cpu_times: dict[str, list[float]] = {"dense": [], "gated": []}
-    errors: dict[str, float] = {}
-    summary = {}
-    for r in range(args.rounds):
-        order = ("dense", "gated") if r % 2 == 0 else ("gated", "dense")
-        for name in order:
-            method = PruningMethod() if name == "dense" else LayerGating(
-                n_train=data.n_train, **options)
-            secs, cpu, err = one_run(data, args.depth, epochs, method)
-            times[name].append(secs)
-            cpu_times[name].append(cpu)
-            errors[name] = err
-            if name == "gated":
-                summary = method.summary()
-            print(f"round {r + 1}: {name:6s} {secs:7.2f}s (CPU {cpu:7.2f}s)  test error "
-                  f"{100 * err:.2f}%", flush=True)
-    med = {k: median(v) for k, v in times.items()}
+    summary: dict[str, Any] = {}
+
+    def run(name: str) -> tuple[float, float, float]:
+        method = PruningMethod() if name == "dense" else LayerGating(
+            n_train=data.n_train, **options)
+        out = one_run(data, args.depth, epochs, method)
+        if name == "gated":
+            summary.update(method.summary())
+        return out
+
+    res = paired_training_rounds(args.rounds, ("dense", "gated"), run)
+    med, cpu_med = res["median_seconds"], res["median_cpu_seconds"]
     ratio = med["gated"] / med["dense"]
-    cpu_med = {k: median(v) for k, v in cpu_times.items()}
-    per_round = [g / d for g, d in zip(times["gated"], times["dense"])]
+    per_round = res["per_round_ratios"]
     flops_ratio = summary["train_flops"] / summary["train_flops_dense"]
     ok = ratio < 1.0
     print(f"median wall time: dense {med['dense']:.2f}s, layer-gated {med['gated']:.2f}s, "
@@ -110,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "settings": vars(args) | {"epochs": epochs, "method_options": options,
                                   "n_train": data.n_train},
-        "seconds": times, "median_seconds": med, "ratio_gated_over_dense": ratio,
-        "per_round_ratios": per_round, "cpu_seconds": cpu_times, "median_cpu_seconds": cpu_med,
-        "train_flops_ratio": flops_ratio, "test_error": errors,
+        "seconds": res["seconds"], "median_seconds": med, "ratio_gated_over_dense": ratio,
+        "per_round_ratios": per_round, "cpu_seconds": res["cpu_seconds"],
+        "median_cpu_seconds": cpu_med, "train_flops_ratio": flops_ratio,
+        "test_error": res["test_error"],
         "sections_kept": summary["sections_kept"], "removed_at": summary["sections_removed"],
         "target": "layer-gated / dense < 1", "pass": ok,
     })

@@ -33,11 +33,18 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
+from functools import partial
 from typing import Any
 
 import torch
-from benchcommon import machine_info, median, verdict, write_results
+from benchcommon import (
+    alternating_times,
+    machine_info,
+    median_repeat,
+    speedup,
+    verdict,
+    write_results,
+)
 from torch import nn
 
 from prunelab.inference import optimize_for_inference
@@ -70,26 +77,11 @@ def _label(keep: float | dict[str, int]) -> str:
 
 
 @torch.no_grad()
-def _time(model: nn.Module, x: torch.Tensor, reps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(reps):
-        model(x)
-    return (time.perf_counter() - start) / reps
-
-
 def _pair_timing(masked: nn.Module, small: nn.Module, x: torch.Tensor, rounds: int,
                  reps: int) -> dict[str, float]:
-    for _ in range(3):
-        _time(masked, x, reps)
-        _time(small, x, reps)
-    tm, ts = [], []
-    for r in range(rounds):
-        pair = [("masked", masked), ("shrunk", small)]
-        for label, m in pair if r % 2 == 0 else pair[::-1]:
-            (tm if label == "masked" else ts).append(_time(m, x, reps))
-    return {"median_ms_masked": median(tm) * 1e3, "median_ms_shrunk": median(ts) * 1e3,
-            "achieved_speedup": median(tm) / median(ts),
-            "paired_speedup": median([a / b for a, b in zip(tm, ts)])}
+    t = alternating_times({"masked": partial(masked, x), "shrunk": partial(small, x)}, rounds,
+                          reps, warmup=3 * reps)["wall"]
+    return speedup(t["masked"], t["shrunk"], "masked", "shrunk")
 
 
 def bench_case(name: str, keep: float | dict[str, int], rounds: int,
@@ -147,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.repeats)]
     rows = []
     for i, (name, _) in enumerate(CASES):
-        runs = sorted((m[i] for m in measured), key=lambda r: r["fast"]["efficiency"])
-        row = runs[len(runs) // 2]  # the median repeat by fast-path efficiency
+        row = median_repeat([m[i] for m in measured], lambda r: r["fast"]["efficiency"])
         row["repeat_efficiencies"] = {v: [m[i][v]["efficiency"] for m in measured]
                                       for v in ("plain", "fast")}
         rows.append(row)

@@ -216,14 +216,11 @@ def dense_compute(model: nn.Module) -> Iterator[None]:
 # ----------------------------------------------------------------------------- choosing
 
 
-def _best_us(fn: Callable[[], Any], repeats: int, calls: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e6
+def _us_per_call(fn: Callable[[], Any], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls * 1e6
 
 
 def time_layer(layer: nn.Linear, mask: torch.Tensor, x: torch.Tensor, *, training: bool,
@@ -256,7 +253,7 @@ def time_layer(layer: nn.Linear, mask: torch.Tensor, x: torch.Tensor, *, trainin
     best = dict.fromkeys(ways, float("inf"))
     for r in range(repeats):
         for label in (ways if r % 2 == 0 else reversed(list(ways))):
-            best[label] = min(best[label], _best_us(ways[label], 1, calls))
+            best[label] = min(best[label], _us_per_call(ways[label], calls))
     return best
 
 

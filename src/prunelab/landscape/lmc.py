@@ -35,7 +35,7 @@ from torch import nn
 
 from prunelab.config import RunConfig
 from prunelab.errors import ConfigError, check_range
-from prunelab.landscape.paths import PathResult, interpolate, line_points
+from prunelab.landscape.paths import PathResult, _unit_interval, interpolate, line_points
 from prunelab.masks import Masks
 from prunelab.methods import FixedMask, PruningMethod, TrainContext
 
@@ -45,10 +45,8 @@ __all__ = ["ContinuedSchedule", "LMCResult", "frankle_barrier", "instability",
 
 def frankle_barrier(ts: Sequence[float], values: Sequence[float]) -> float:
     """max over t in [0, 1] of values(t) minus the mean of values(0) and values(1)."""
-    pts = sorted((float(t), float(v)) for t, v in zip(ts, values) if 0.0 <= t <= 1.0)
-    if not pts or pts[0][0] != 0.0 or pts[-1][0] != 1.0:
-        raise ConfigError("the barrier needs the line evaluated at t=0 and t=1 exactly")
-    return max(v for _, v in pts) - 0.5 * (pts[0][1] + pts[-1][1])
+    _, v = _unit_interval(ts, values)
+    return max(v) - 0.5 * (v[0] + v[-1])
 
 
 @dataclass

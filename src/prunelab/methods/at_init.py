@@ -22,6 +22,8 @@ from torch import nn
 from prunelab import atomic
 from prunelab.errors import ConfigError, check_range
 from prunelab.init_scores import (
+    SYNFLOW_BN,
+    Batch,
     check_synflow_bn,
     grasp_scores,
     random_scores,
@@ -98,43 +100,47 @@ class InitMask(MaskedMethod):
 
 
 @dataclass
-class SNIPMask(InitMask):
-    """SNIP (Lee et al. 2019): keep the largest |g * w| on `batches` training batches."""
+class DataScoredMask(InitMask):
+    """Shared by the data-driven scores: `batches` training batches of `batch_size`."""
 
     batches: int = 1
     batch_size: int = 128
-
-    name = "snip"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("batches", self.batches, 1)
         check_range("batch_size", self.batch_size, 1)
 
-    def scores(self, model, names, generator):
-        data = sample_batches(self._data(), self.batches, self.batch_size, generator)
-        return snip_scores(model, data, names)
+    def sample(self, generator: torch.Generator) -> list[Batch]:
+        """The scoring batches, drawn from the trainer's data with `generator`."""
+        return sample_batches(self._data(), self.batches, self.batch_size, generator)
 
 
 @dataclass
-class GraSPMask(InitMask):
+class SNIPMask(DataScoredMask):
+    """SNIP (Lee et al. 2019): keep the largest |g * w| on `batches` training batches."""
+
+    name = "snip"
+
+    def scores(self, model, names, generator):
+        return snip_scores(model, self.sample(generator), names)
+
+
+@dataclass
+class GraSPMask(DataScoredMask):
     """GraSP (Wang et al. 2020): remove the largest -w * Hg (keep the largest w * Hg)."""
 
-    batches: int = 1
-    batch_size: int = 128
     temperature: float = 200.0
 
     name = "grasp"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("batches", self.batches, 1)
-        check_range("batch_size", self.batch_size, 1)
         check_range("temperature", self.temperature, 0.0, low_inclusive=False)
 
     def scores(self, model, names, generator):
-        data = sample_batches(self._data(), self.batches, self.batch_size, generator)
-        return grasp_scores(model, data, names, temperature=self.temperature)
+        return grasp_scores(model, self.sample(generator), names,
+                            temperature=self.temperature)
 
 
 @dataclass
@@ -150,8 +156,8 @@ class SynFlowMask(InitMask):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("iterations", self.iterations, 1)
-        if self.bn not in ("identity", "eval", "none"):
-            raise ConfigError(f"bn must be one of identity, eval, none; got '{self.bn}'")
+        if self.bn not in SYNFLOW_BN:
+            raise ConfigError(f"bn must be one of {', '.join(SYNFLOW_BN)}; got '{self.bn}'")
 
     def compute_masks(self, model, names, generator):
         check_synflow_bn(model, self.bn)

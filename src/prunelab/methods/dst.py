@@ -37,12 +37,13 @@ from torch.func import functional_call
 
 from prunelab import atomic
 from prunelab.errors import ConfigError, check_range
+from prunelab.init_scores import random_scores, sample_batches, select_with_budget
 from prunelab.masks import Masks, clear_optimizer_state, prunable_parameters
 from prunelab.methods.at_init import layer_summary, method_generator
 from prunelab.methods.base import MaskedMethod, TrainContext
 from prunelab.methods.magnitude import _resolve_step
 from prunelab.schedules import CosineSchedule
-from prunelab.selection import _keep_top, check_budget, layer_keep_counts, select_by_counts
+from prunelab.selection import _keep_top, check_budget
 
 DROP_SCHEDULES = ("cosine", "constant")
 
@@ -83,14 +84,12 @@ class DynamicSparse(MaskedMethod):
     # -------------------------------------------------------------------------- set-up
 
     def initial_masks(self, model: nn.Module) -> Masks:
-        params = prunable_parameters(model, keep_first_last=self.keep_first_last)
-        if not params:
+        """A random mask with each layer's budget count (what `random` draws)."""
+        names = list(prunable_parameters(model, keep_first_last=self.keep_first_last))
+        if not names:
             raise ConfigError(f"method '{self.name}': the model has no prunable layer")
-        counts = layer_keep_counts({n: tuple(p.shape) for n, p in params.items()},
-                                   1.0 - self.sparsity, self.budget)
-        scores = {n: torch.rand(p.shape, generator=self._generator).to(p.device)
-                  for n, p in params.items()}
-        return select_by_counts(scores, counts)
+        return select_with_budget(random_scores(model, names, self._generator), self.sparsity,
+                                  budget=self.budget)
 
     def attach(self, ctx: TrainContext) -> None:
         total = ctx.total_steps
@@ -117,7 +116,6 @@ class DynamicSparse(MaskedMethod):
             self._setup_sparse_compute(ctx)
 
     def _setup_sparse_compute(self, ctx: TrainContext) -> None:
-        from prunelab.init_scores import sample_batches
         from prunelab.sparse_compute import sparsify_linear_layers
 
         if ctx.device.type != "cpu":

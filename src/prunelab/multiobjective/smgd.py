@@ -179,35 +179,32 @@ class SMGDStepper:
                 p.sub_(buf, alpha=lr)
         elif cfg.adam_combination == "gradients":
             c1 = min_norm_coefficient(g1, g2)
-            b1, b2 = cfg.betas
             m = self.state.setdefault("m", [torch.zeros_like(p) for p in self.params])
             v = self.state.setdefault("v", [torch.zeros_like(p) for p in self.params])
             for p, a, b, mi, vi in zip(self.params, g1, g2, m, v):
-                d = a * c1 + b * (1.0 - c1)
-                mi.mul_(b1).add_(d, alpha=1.0 - b1)
-                vi.mul_(b2).addcmul_(d, d, value=1.0 - b2)
-                mhat = mi / (1.0 - b1**self.t)
-                vhat = vi / (1.0 - b2**self.t)
-                p.sub_(mhat / (vhat.sqrt() + cfg.eps), alpha=lr)
+                p.sub_(self._adam_direction(mi, vi, a * c1 + b * (1.0 - c1)), alpha=lr)
         else:
-            b1, b2 = cfg.betas
             dirs = []
             for k, g in (("1", g1), ("2", g2)):
                 m = self.state.setdefault("m" + k, [torch.zeros_like(p) for p in self.params])
                 v = self.state.setdefault("v" + k, [torch.zeros_like(p) for p in self.params])
-                u = []
-                for mi, vi, gi in zip(m, v, g):
-                    mi.mul_(b1).add_(gi, alpha=1.0 - b1)
-                    vi.mul_(b2).addcmul_(gi, gi, value=1.0 - b2)
-                    mhat = mi / (1.0 - b1**self.t)
-                    vhat = vi / (1.0 - b2**self.t)
-                    u.append(mhat / (vhat.sqrt() + cfg.eps))
-                dirs.append(u)
+                dirs.append([self._adam_direction(mi, vi, gi) for mi, vi, gi in zip(m, v, g)])
             c1 = min_norm_coefficient(dirs[0], dirs[1])
             for p, a, b in zip(self.params, dirs[0], dirs[1]):
                 p.sub_(a, alpha=lr * c1).sub_(b, alpha=lr * (1.0 - c1))
         prune_small_(self.l1, cfg.tau, count=False)
         return float(ce), c1
+
+    def _adam_direction(self, m: torch.Tensor, v: torch.Tensor, g: torch.Tensor
+                        ) -> torch.Tensor:
+        """Adam's moments m, v updated with g in place; returns the bias-corrected direction
+        m_hat / (sqrt(v_hat) + eps) at the current step count."""
+        b1, b2 = self.cfg.betas
+        m.mul_(b1).add_(g, alpha=1.0 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        mhat = m / (1.0 - b1**self.t)
+        vhat = v / (1.0 - b2**self.t)
+        return mhat / (vhat.sqrt() + self.cfg.eps)
 
 
 def train_smgd(
