@@ -779,18 +779,25 @@ class BernoulliGating(PruningMethod):
             out["train_flops_ratio"] = self.train_flops / self.train_flops_dense
         return out
 
-    def summary(self) -> dict[str, Any]:
-        """Final architecture, training FLOPs, gate statistics (JSON-friendly)."""
+    def _outcome_summary(self) -> dict[str, Any]:
+        """The summary fields every gate method reports: gates left undecided at the end and the
+        training FLOPs spent against dense training."""
         return {
-            "start_widths": dict(self.start_widths),
-            "final_widths": self.widths(),
-            "feature_sites": list(self.feature_sites),
             "undecided_at_end": self.undecided_at_end,
             "max_undecided_distance": self.max_undecided_distance,
             "train_flops": self.train_flops,
             "train_flops_dense": self.train_flops_dense,
             "train_flops_saved": (1.0 - self.train_flops / self.train_flops_dense
                                   if self.train_flops_dense else None),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Final architecture, training FLOPs, gate statistics (JSON-friendly)."""
+        return {
+            "start_widths": dict(self.start_widths),
+            "final_widths": self.widths(),
+            "feature_sites": list(self.feature_sites),
+            **self._outcome_summary(),
             "shrink_events": self.shrink_events,
             "empty_layer_events": list(self.empty_layer_events),
         }

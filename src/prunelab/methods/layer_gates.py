@@ -542,12 +542,7 @@ class LayerGating(BernoulliGating):
             else dict(self.final_layout),
             "section_cost": dict(self.section_cost),
             "unit_cost": dict(self.unit_cost),
-            "undecided_at_end": self.undecided_at_end,
-            "max_undecided_distance": self.max_undecided_distance,
-            "train_flops": self.train_flops,
-            "train_flops_dense": self.train_flops_dense,
-            "train_flops_saved": (1.0 - self.train_flops / self.train_flops_dense
-                                  if self.train_flops_dense else None),
+            **self._outcome_summary(),
             "rebuilds": self.rebuilds,
             "empty_network_events": list(self.empty_network_events),
         }
