@@ -358,3 +358,47 @@ def test_resolution_leaves_nearly_flat_pairs_unsplit():
     assert {(0.1, 600.0), (0.15, 200.0), (0.4, 60.0)} <= found
     with pytest.raises(ConfigError, match="resolution"):
         dichotomic_search(_convex_evaluator(candidates, []), resolution=-1)
+
+
+def test_finetune_from_a_kept_epoch_is_the_shorter_run_plus_finetune_bit_for_bit():
+    """One weighted-sum run serves the paper's full-length network and the fine-tune variant:
+    the weights kept after epoch 2 of a 3-epoch run, fine-tuned, are exactly a 2-epoch run
+    with the fine-tune."""
+    from dataclasses import replace
+
+    from prunelab.config import TrainConfig
+    from prunelab.multiobjective.knee import WeightedSumRunner
+
+    data = _toy_validation_data()
+
+    def model_fn():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 8), torch.nn.ReLU(),
+                                   torch.nn.Linear(8, 2))
+
+    cfg = TrainConfig(epochs=2, batch_size=10, optimizer="adam", lr=1e-2, eval_train=False,
+                      checkpoint_epochs=False)
+    opts = {"tau": 2e-2, "conv_l2": 0.0}
+    tune = replace(cfg, epochs=2, lr_schedule="cosine")
+    separate = WeightedSumRunner(model_fn, data, cfg, opts, finetune=tune)(0.99)
+    longer = WeightedSumRunner(model_fn, data, replace(cfg, epochs=3), opts, keep_epochs=(2,))
+    full = longer(0.99)  # 3 epochs of the weighted sum, no fine-tune
+    assert "before_finetune" not in full.extra and set(full.epoch_states) == {2}
+    with pytest.raises(ConfigError, match="fine-tune TrainConfig"):
+        longer.finetune_from(full, 2)
+    shared = longer.finetune_from(full, 2, tune)
+    for name, value in separate.state.items():
+        assert torch.equal(shared.state[name], value), name
+    assert not all(torch.equal(full.state[n], v) for n, v in separate.state.items())
+    for key in ("val_accuracy", "nonzero", "nonzero_per_layer", "before_finetune"):
+        assert shared.extra[key] == separate.extra[key], key
+    assert (shared.f1, shared.f2) == (separate.f1, separate.f2)
+    assert shared.extra["weighted_sum_epochs"] == 2 and "epoch_states" not in full.to_dict()
+    with pytest.raises(ConfigError, match="epoch 1"):
+        longer.finetune_from(full, 1, tune)
+    with pytest.raises(ConfigError, match="keep_epochs"):
+        WeightedSumRunner(model_fn, data, cfg, opts, keep_epochs=(3,))
+    cosine = WeightedSumRunner(model_fn, data, replace(cfg, lr_schedule="cosine"), opts,
+                               finetune=tune, keep_epochs=(1,))
+    with pytest.raises(ConfigError, match="constant learning rate"):
+        cosine.finetune_from(full, 2)
