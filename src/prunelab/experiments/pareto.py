@@ -481,7 +481,7 @@ def _report(results: dict[str, Any], s: ParetoSettings, verdicts, fw: Firewall) 
         "",
         claims_markdown(main, results["quick"]),
         "",
-        f"## Variant, not in the paper: {variant_label(s)}",
+        f"## Variant: {variant_label(s)}",
         "",
         f"The same weighted-sum run's weights after {s.full_epochs - s.finetune_epochs} "
         f"epochs, then {s.finetune_epochs} epoch(s) of CE only with the dense zeros frozen "
