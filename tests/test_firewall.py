@@ -337,8 +337,11 @@ def test_reproduction_records_each_test_evaluation_after_its_freeze(name, audit,
             "ResNet-20 seed 0: dense, params- and FLOPs-weighted"]
     elif name == "pareto":
         assert choices["knee_weight"] == res["knee"]["weight"]
-        assert [e["what"] for e in evaluations] == ["the knee, retrained", "SMGD (sgd)",
-                                                    "SMGD (adam)"]
+        assert [e["what"] for e in evaluations] == [
+            "the knee, paper protocol",
+            "variant: knee + 1-epoch frozen-mask fine-tune (not in the paper)", "SMGD (sgd)",
+            "SMGD (adam)"]
+        assert choices["protocol"].startswith("paper: 2 epochs")
     elif name == "sparse-training":
         assert choices["lenet-300-100"] == {k: res["chosen"]["lenet-300-100"][k]
                                             for k in ("lr", "update_interval")}

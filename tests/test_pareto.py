@@ -251,7 +251,7 @@ def test_reproduction_without_mnist_is_a_one_line_error(tmp_path, monkeypatch, c
     quick, full = settings(True), settings(False)
     assert full.budget <= 20 and full.full_epochs == 30 and full.batch_size == 32
     assert quick.budget <= full.budget and quick.n_train is not None
-    for s in (quick, full):  # the knee retrain ends with a fine-tune inside its budget
+    for s in (quick, full):  # the variant's fine-tune starts inside the paper's budget
         assert 0 < s.finetune_epochs < s.full_epochs
 
 
@@ -260,7 +260,7 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     import json
 
     from conftest import shared_data_dir
-    from prunelab.experiments.pareto import run
+    from prunelab.experiments.pareto import layer_ratios, run
 
     monkeypatch.setenv("PRUNELAB_DATA", str(shared_data_dir()))
     out = tmp_path / "pareto"
@@ -268,20 +268,91 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
     assert (out / "report.md").is_file() and len(list((out / "figures").glob("*.png"))) == 3
     saved = json.loads((out / "results.json").read_text())
     assert saved["search"]["runs"] <= 20 and saved["search"]["knee"] is not None
-    knee = results["knee"]["retrained"]
-    assert 0.0 < knee["pruned_fraction"] < 1.0
-    # the knee's nonzero count is the weighted sum's: its frozen-mask fine-tune kept the mask
-    assert knee["nonzero"] == knee["before_finetune"]["nonzero"]
-    assert knee["l1_set_size"] == saved["reference"]["dense_weights"]  # 400-120-84-10 kernels
-    assert knee["pruned_fraction"] == pytest.approx(1 - knee["nonzero"] / knee["l1_set_size"])
-    # the retrained knee is a working classifier, close to what validation promised
-    assert abs(knee["test_accuracy"] - knee["val_accuracy"]) < 0.05
-    assert saved["settings"]["finetune_epochs"] == 1
-    assert "fine-tune" in (out / "report.md").read_text()
+    paper, variant = results["knee"]["paper"], results["knee"]["variant"]
+    # the paper's protocol has no fine-tune; the variant's nonzero count is its weighted
+    # sum's after 5 of the 6 epochs (its mask frozen for the fine-tune)
+    assert "before_finetune" not in paper and variant["weighted_sum_epochs"] == 5
+    assert variant["nonzero"] == variant["before_finetune"]["nonzero"]
+    assert paper["weight"] == variant["weight"] == results["knee"]["weight"]
+    for knee in (paper, variant):
+        assert 0.0 < knee["pruned_fraction"] < 1.0
+        assert knee["l1_set_size"] == saved["reference"]["dense_weights"]  # 400-120-84-10
+        assert knee["pruned_fraction"] == pytest.approx(1 - knee["nonzero"] / knee["l1_set_size"])
+        # a working classifier, close to what validation promised
+        assert abs(knee["test_accuracy"] - knee["val_accuracy"]) < 0.05
+    assert [e["what"] for e in saved["test_evaluations"]][:2] == [
+        "the knee, paper protocol",
+        "variant: knee + 1-epoch frozen-mask fine-tune (not in the paper)"]
+    report = (out / "report.md").read_text()
+    assert "## Variant: knee + 1-epoch frozen-mask fine-tune (not in the paper)" in report
     claims = {c["name"]: c for c in results["claims"]}
-    assert claims["knee-accuracy"]["estimate"] == pytest.approx(knee["test_accuracy"])
+    assert claims["knee-accuracy"]["estimate"] == pytest.approx(paper["test_accuracy"])
+    assert claims["variant:knee-accuracy"]["estimate"] == pytest.approx(variant["test_accuracy"])
     assert claims["knee-accuracy"]["n_measured"] == 10000
+    assert claims["knee-nonzero"]["estimate"] == pytest.approx(
+        max(layer_ratios(paper["nonzero_per_layer"])))
+    assert claims["variant:knee-nonzero"]["estimate"] == pytest.approx(variant["max_layer_ratio"])
     assert claims["knee-budget"]["estimate"] == saved["search"]["runs"]
+
+
+def test_declared_claims_are_the_published_targets_for_the_paper_and_the_variant():
+    from prunelab.experiments.pareto import CLAIMS, REFERENCE, VARIANT
+
+    for prefix in ("", VARIANT):
+        acc, nz, pruned = (CLAIMS[f"{prefix}knee-{k}"] for k in ("accuracy", "nonzero", "pruned"))
+        assert (acc.direction, acc.threshold, acc.statistic) == (">=", 0.989, "bootstrap_mean")
+        assert REFERENCE["test_accuracy"] == 0.989
+        assert (nz.direction, nz.threshold, nz.statistic) == ("<=", 1.0, "single")
+        assert "2107 / 300 / 170" in nz.statement
+        assert (pruned.direction, pruned.threshold) == (">=", 0.95)
+        assert not any(c.quick_expected for c in (acc, nz, pruned))
+    variant = [c for c in CLAIMS if c.name.startswith(VARIANT)]
+    assert len(variant) == 3 and all("not in the paper" in c.statement for c in variant)
+    assert not any("fine-tune" in c.statement for c in CLAIMS if c not in variant)
+    assert {"knee-budget", "smgd-sgd", "smgd-adam"} <= set(CLAIMS.names)
+
+
+def _retrained(counts, n_correct, n=10000, total=58920):
+    from prunelab.experiments.pareto import Retrained
+
+    nz = dict(zip(("6.weight", "8.weight", "10.weight"), counts))
+    extra = {"nonzero_per_layer": nz, "nonzero": sum(counts),
+             "pruned_fraction": 1 - sum(counts) / total}
+    correct = [1.0] * n_correct + [0.0] * (n - n_correct)
+    return Retrained(FrontPoint(0.999, 0.1, 10.0, extra), {"accuracy": n_correct / n},
+                     correct)
+
+
+def test_per_layer_and_accuracy_verdicts_on_constructed_networks():
+    from types import SimpleNamespace
+
+    from prunelab.claims import judge_all
+    from prunelab.experiments.pareto import CLAIMS, VARIANT, layer_ratios, measure
+
+    search = SimpleNamespace(runs=15)
+    retrained = {"": _retrained([2107, 300, 170], 9950),      # on every limit, clearly above
+                 VARIANT: _retrained([900, 301, 100], 9890)}  # one weight over in layer 2
+    v = {x.claim.name: x for x in judge_all(CLAIMS, measure(retrained, search, []))}
+    assert v["knee-nonzero"].estimate == 1.0 and v["knee-nonzero"].verdict == "held"
+    assert v["variant:knee-nonzero"].estimate == pytest.approx(301 / 300)
+    assert v["variant:knee-nonzero"].verdict == "not held"
+    assert "dense layer 2" in v["variant:knee-nonzero"].note
+    assert v["knee-pruned"].verdict == "held"  # 2577 of 58,920 nonzero: 95.6% pruned
+    assert v["knee-accuracy"].verdict == "held" and v["knee-accuracy"].ci[0] > 0.989
+    # 98.90% on 10,000 images: the interval straddles the target
+    assert v["variant:knee-accuracy"].estimate == pytest.approx(0.989)
+    assert v["variant:knee-accuracy"].verdict == "inconclusive"
+    assert v["knee-budget"].verdict == "held"
+    assert v["smgd-sgd"].verdict == "not measured"
+    low = judge_all(CLAIMS, measure({"": _retrained([3000, 100, 50], 9800)}, search, []))
+    low = {x.claim.name: x for x in low}
+    assert low["knee-accuracy"].verdict == "not held" and low["knee-nonzero"].verdict == \
+        "not held"
+    assert low["knee-nonzero"].estimate == pytest.approx(3000 / 2107)
+    assert low["variant:knee-accuracy"].verdict == "not measured"
+    assert layer_ratios([2107, 150, 85]) == [1.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="3 dense layers"):
+        layer_ratios([1, 2])
 
 
 def _toy_validation_data() -> Dataset:
@@ -358,3 +429,47 @@ def test_resolution_leaves_nearly_flat_pairs_unsplit():
     assert {(0.1, 600.0), (0.15, 200.0), (0.4, 60.0)} <= found
     with pytest.raises(ConfigError, match="resolution"):
         dichotomic_search(_convex_evaluator(candidates, []), resolution=-1)
+
+
+def test_finetune_from_a_kept_epoch_is_the_shorter_run_plus_finetune_bit_for_bit():
+    """One weighted-sum run serves the paper's full-length network and the fine-tune variant:
+    the weights kept after epoch 2 of a 3-epoch run, fine-tuned, are exactly a 2-epoch run
+    with the fine-tune."""
+    from dataclasses import replace
+
+    from prunelab.config import TrainConfig
+    from prunelab.multiobjective.knee import WeightedSumRunner
+
+    data = _toy_validation_data()
+
+    def model_fn():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 8), torch.nn.ReLU(),
+                                   torch.nn.Linear(8, 2))
+
+    cfg = TrainConfig(epochs=2, batch_size=10, optimizer="adam", lr=1e-2, eval_train=False,
+                      checkpoint_epochs=False)
+    opts = {"tau": 2e-2, "conv_l2": 0.0}
+    tune = replace(cfg, epochs=2, lr_schedule="cosine")
+    separate = WeightedSumRunner(model_fn, data, cfg, opts, finetune=tune)(0.99)
+    longer = WeightedSumRunner(model_fn, data, replace(cfg, epochs=3), opts, keep_epochs=(2,))
+    full = longer(0.99)  # 3 epochs of the weighted sum, no fine-tune
+    assert "before_finetune" not in full.extra and set(full.epoch_states) == {2}
+    with pytest.raises(ConfigError, match="fine-tune TrainConfig"):
+        longer.finetune_from(full, 2)
+    shared = longer.finetune_from(full, 2, tune)
+    for name, value in separate.state.items():
+        assert torch.equal(shared.state[name], value), name
+    assert not all(torch.equal(full.state[n], v) for n, v in separate.state.items())
+    for key in ("val_accuracy", "nonzero", "nonzero_per_layer", "before_finetune"):
+        assert shared.extra[key] == separate.extra[key], key
+    assert (shared.f1, shared.f2) == (separate.f1, separate.f2)
+    assert shared.extra["weighted_sum_epochs"] == 2 and "epoch_states" not in full.to_dict()
+    with pytest.raises(ConfigError, match="epoch 1"):
+        longer.finetune_from(full, 1, tune)
+    with pytest.raises(ConfigError, match="keep_epochs"):
+        WeightedSumRunner(model_fn, data, cfg, opts, keep_epochs=(3,))
+    cosine = WeightedSumRunner(model_fn, data, replace(cfg, lr_schedule="cosine"), opts,
+                               finetune=tune, keep_epochs=(1,))
+    with pytest.raises(ConfigError, match="constant learning rate"):
+        cosine.finetune_from(full, 2)

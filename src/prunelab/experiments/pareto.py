@@ -8,20 +8,29 @@ Protocol (choices where the paper leaves room are documented in the report):
   chosen on it. The test set is only used to report the retrained knee and SMGD.
 - Weighted-sum runs: `BiobjectiveTraining` (CE + L2 on conv kernels + ((1 - lambda) / lambda)
   l1 of the dense kernels, threshold pruning at tau = 1e-3 after every minibatch), Adam.
-- The knee (see `prunelab.multiobjective.knee`) is retrained from a fresh initialisation for the
-  full budget (30 epochs, batch 32 in the full run): `full_epochs - finetune_epochs` epochs of
-  the weighted sum (constant learning rate, as the short runs), then `finetune_epochs` epochs
-  of fine-tuning the sparse solution (`knee.finetune_sparse`: its zeros frozen as a persistent
-  mask, the l1 term off, a cosine learning-rate decay), the standard way a sparse network
-  recovers accuracy; the nonzero count is the weighted sum's.
+- The paper's protocol, which the main claims judge: the knee (see
+  `prunelab.multiobjective.knee`) is retrained from a fresh initialisation for the full budget,
+  `full_epochs` epochs of the weighted sum at its lambda (30 epochs, batch 32 in the full run;
+  constant learning rate, as the short runs), with no further stage.
+- A labelled variant, not in the paper (`VARIANT`): the same weighted-sum run's weights after
+  `full_epochs - finetune_epochs` epochs, then `finetune_epochs` epochs of fine-tuning the
+  sparse solution (`knee.finetune_sparse`: its zeros frozen as a persistent mask, the l1 term
+  off, a cosine learning-rate decay); the nonzero count is the weighted sum's at that epoch.
+  It was added after the paper's protocol missed its accuracy target on test
+  (docs/claims-history.md); it has its own claims, named "variant:...", with the same targets.
+  Sharing the weighted-sum run changes nothing: at a constant learning rate its weights after
+  epoch E are bit for bit those of an E-epoch run (`WeightedSumRunner.finetune_from`).
 - SMGD (momentum SGD, as in the paper; the Adam variant too) runs for the short-run budget and
   its validation point is compared with the weighted-sum front: the dominance gap (additive
   epsilon indicator scaled by the front's range) must be <= SMGD_TOLERANCE.
 - Test-set firewall (`prunelab.firewall`): MNIST is loaded with its test split sealed; the knee
-  is chosen on validation data and frozen before any test data is read; the knee's and SMGD's
-  test evaluations are recorded in results.json. Claims are declared in `CLAIMS` and judged by
-  `prunelab.claims` (one training run: the accuracy target takes a bootstrap over the test
-  images, the others are single measurements).
+  is chosen on validation data and frozen before any test data is read; the two retrained
+  networks' and SMGD's test evaluations are recorded in results.json. Claims are declared in
+  `CLAIMS` and judged by `prunelab.claims` (one training run: the accuracy target takes a
+  bootstrap over the test images, the others are single measurements). Targets are the
+  published ones (issue 20 item 5): >= 98.9% test accuracy at <= 2107 / 300 / 170 nonzero
+  weights in the three dense layers, judged as the largest ratio nonzero / limit over the
+  layers <= 1; ">= 95% pruned" (METHODS section 6) is kept beside them.
 """
 
 from __future__ import annotations
@@ -70,18 +79,38 @@ from prunelab.threads import torch_threads
 from prunelab.train import evaluate
 
 REFERENCE = {"test_accuracy": 0.989, "nonzero_per_layer": [2107, 300, 170], "dense_weights": 58920}
-TARGET_PRUNED, TARGET_ACCURACY, TARGET_RUNS = 0.95, 0.985, 20
+TARGET_ACCURACY = REFERENCE["test_accuracy"]  # published (issue 20 item 5; was 0.985)
+TARGET_LAYER_RATIO = 1.0  # largest nonzero / REFERENCE["nonzero_per_layer"] over the layers
+TARGET_PRUNED, TARGET_RUNS = 0.95, 20  # METHODS section 6: "about 95% pruned", <= 20 runs
 SMGD_TOLERANCE = 0.05  # dominance gap, as a fraction of the front's range per objective
-_RETRAIN = "quick: the knee is retrained 6 epochs on 12k images"
+VARIANT = "variant:"  # name prefix of the fine-tune variant's claims (not in the paper)
+_QUICK = "quick: 12k images, the knee retrained 6 epochs"
+_LIMITS = " / ".join(str(n) for n in REFERENCE["nonzero_per_layer"])
+
+
+def _network_claims(prefix: str, who: str, source: str) -> list[Claim]:
+    """The published targets, judged on one retrained network (`who`)."""
+    return [
+        Claim(f"{prefix}knee-accuracy", f"{who}: >= {TARGET_ACCURACY:.1%} test accuracy",
+              "test accuracy, per test image", "accuracy", ">=", TARGET_ACCURACY,
+              "bootstrap_mean", n=1, unit="test images (one training run)",
+              quick_expected=False, source=source),
+        Claim(f"{prefix}knee-nonzero",
+              f"{who}: at most {_LIMITS} nonzero weights in the three dense layers",
+              "nonzero dense-layer weights per layer, divided by the reference's "
+              f"({_LIMITS})", "largest ratio nonzero / limit over the three layers", "<=",
+              TARGET_LAYER_RATIO, "single", quick_expected=False, source=source),
+        Claim(f"{prefix}knee-pruned", f"{who}: >= {TARGET_PRUNED:.0%} of the dense weights "
+              "pruned", "nonzero dense-layer weights", "pruned fraction", ">=", TARGET_PRUNED,
+              "single", quick_expected=False,
+              source=f"{source}; METHODS section 6 (implied by the per-layer limits, which "
+              "mean >= 95.6% pruned)"),
+    ]
+
 
 CLAIMS = declare(
-    Claim("knee-pruned", f">= {TARGET_PRUNED:.0%} of the dense weights pruned at the knee",
-          "the knee, retrained (nonzero dense-layer weights)", "pruned fraction", ">=",
-          TARGET_PRUNED, "single", quick_expected=False, source=f"Reiners et al.; {_RETRAIN}"),
-    Claim("knee-accuracy", f"the knee reaches >= {TARGET_ACCURACY:.1%} test accuracy",
-          "test accuracy of the retrained knee, per test image", "accuracy", ">=",
-          TARGET_ACCURACY, "bootstrap_mean", n=1, unit="test images (one training run)",
-          quick_expected=False, source=f"Reiners et al.; {_RETRAIN}"),
+    *_network_claims("", "the knee, retrained by the paper's protocol (the weighted sum for "
+                     "the full budget, no other stage)", f"Reiners et al.; {_QUICK}"),
     Claim("knee-budget", f"the knee is found in <= {TARGET_RUNS} short runs",
           "short weighted-sum runs of the adaptive search", "runs", "<=", TARGET_RUNS,
           "single", source="Reiners et al."),
@@ -89,6 +118,10 @@ CLAIMS = declare(
             "validation (CE, l1) point after the short-run budget", "dominance gap (fraction "
             "of the front's range)", "<=", SMGD_TOLERANCE, "single", source="Reiners et al.")
       for v in ("sgd", "adam")],
+    *_network_claims(VARIANT, "variant, not in the paper: the knee + a frozen-mask "
+                     "fine-tune (25 + 5 epochs at full scale)",
+                     "the paper's targets on a network the paper does not train; "
+                     f"added after the paper's protocol missed on test; {_QUICK}"),
 )
 
 
@@ -107,7 +140,7 @@ class ParetoSettings:
     smgd_lr: float = 0.01
     smgd_adam_lr: float = 1e-3
     seed: int = 0
-    finetune_epochs: int = 5  # of full_epochs: the knee retrain's frozen-mask, CE-only phase
+    finetune_epochs: int = 5  # the variant's frozen-mask, CE-only phase (of full_epochs)
     finetune_lr_schedule: str = "cosine"
     method_options: dict[str, Any] = field(default_factory=lambda: {"tau": 1e-3,
                                                                     "conv_l2": 5e-4})
@@ -115,8 +148,8 @@ class ParetoSettings:
 
 def settings(quick: bool) -> ParetoSettings:
     """Quick: 12,000 training images, 2-epoch short runs, 10 searched weights, 6-epoch knee
-    retrain (the last 1 a fine-tune). Full: all of MNIST, 2-epoch short runs, <= 20 searched
-    weights, 30-epoch retrain (the last 5 a fine-tune)."""
+    retrain (variant: 5 + a 1-epoch fine-tune). Full: all of MNIST, 2-epoch short runs, <= 20
+    searched weights, 30-epoch retrain (variant: 25 + a 5-epoch fine-tune)."""
     grid = [1.0, 0.99999, 0.9999, 0.9995, 0.999, 0.998, 0.995, 0.99]
     if quick:
         return ParetoSettings(n_train=12000, n_val=2000, short_epochs=2, full_epochs=6,
@@ -135,6 +168,31 @@ def _model_fn(input_shape, num_classes, seed: int) -> Callable[[], torch.nn.Modu
 
 def _layers(nonzero_per_layer: dict[str, int]) -> list[int]:
     return list(nonzero_per_layer.values())
+
+
+def layer_ratios(nonzero_per_layer: dict[str, int] | list[int]) -> list[float]:
+    """Nonzero weights of each dense layer divided by the reference's (2107, 300, 170): the
+    per-layer target holds when the largest of these is <= 1."""
+    counts = _layers(nonzero_per_layer) if isinstance(nonzero_per_layer, dict) \
+        else list(nonzero_per_layer)
+    limits = REFERENCE["nonzero_per_layer"]
+    if len(counts) != len(limits):
+        raise ValueError(f"expected {len(limits)} dense layers, got {len(counts)}")
+    return [n / lim for n, lim in zip(counts, limits)]
+
+
+def variant_label(s: ParetoSettings) -> str:
+    """The fine-tune variant's name in reports (it is not the paper's protocol)."""
+    return f"knee + {s.finetune_epochs}-epoch frozen-mask fine-tune (not in the paper)"
+
+
+@dataclass
+class Retrained:
+    """One retrained knee network and its test evaluation (per-image correctness)."""
+
+    point: FrontPoint
+    test: dict[str, float]
+    correct: list[float]
 
 
 @torch_threads(1)  # LeNet-5 at batch 32 only loses time to intra-op threads
@@ -173,30 +231,33 @@ def run(
     assert knee is not None
     log(f"knee: lambda={knee.weight:.6g} (run {knee.index + 1}), validation CE {knee.f1:.4f}, "
         f"nonzero {knee.extra['nonzero']}")
+    ws_epochs = s.full_epochs - s.finetune_epochs
     fw.freeze(knee_weight=knee.weight, knee_run=knee.index + 1,
               rule="interior point of the validation front where its slope jumps most",
+              protocol=f"paper: {s.full_epochs} epochs of the weighted sum at the knee's lambda, "
+              "fresh initialisation, no other stage",
+              variant=f"{variant_label(s)}: the same run after {ws_epochs} epochs, then "
+              f"{s.finetune_epochs} epochs CE-only with the zeros frozen",
               finetune_epochs=s.finetune_epochs, smgd_lr=s.smgd_lr, smgd_adam_lr=s.smgd_adam_lr)
 
-    # Final retrain of the knee for the full budget, fresh init; test set used only here.
-    full = TrainConfig(**{**asdict(short), "epochs": s.full_epochs - s.finetune_epochs})
+    # Final retrain of the knee, fresh init: the paper's protocol (the weighted sum for the
+    # full budget) and, from the same run's weights after `ws_epochs`, the fine-tune variant.
+    paper_cfg = TrainConfig(**{**asdict(short), "epochs": s.full_epochs})
     tune = TrainConfig(**{**asdict(short), "epochs": s.finetune_epochs,
                           "lr_schedule": s.finetune_lr_schedule})
     t0 = time.perf_counter()
-    final_runner = WeightedSumRunner(model_fn, train_val, full, dict(s.method_options),
-                                     progress=progress, finetune=tune)
-    knee_final = final_runner(knee.weight)
-    model = model_fn()
-    model.load_state_dict(knee_final.state)
-    test = fw.test(data, "the knee, retrained", "test accuracy and loss, per test image")
-    knee_test = evaluate(model, test.x_test, test.y_test)
-    wrong = set(misclassified(model, test.x_test, test.y_test))
-    knee_correct = [0.0 if i in wrong else 1.0 for i in range(test.n_test)]
+    final_runner = WeightedSumRunner(model_fn, train_val, paper_cfg, dict(s.method_options),
+                                     progress=progress, keep_epochs=(ws_epochs,))
+    paper_point = final_runner(knee.weight)
+    variant_point = final_runner.finetune_from(paper_point, ws_epochs, tune)
     retrain_seconds = time.perf_counter() - t0
-    before = knee_final.extra["before_finetune"]
-    log(f"knee retrained ({s.full_epochs} epochs, the last {s.finetune_epochs} a fine-tune): "
-        f"validation accuracy {before['val_accuracy']:.4f} before the fine-tune, "
-        f"{knee_final.extra['val_accuracy']:.4f} after; test accuracy "
-        f"{knee_test['accuracy']:.4f}, pruned {knee_final.extra['pruned_fraction']:.4f}")
+    paper_net = _test_network(fw, data, model_fn, paper_point, "the knee, paper protocol")
+    variant_net = _test_network(fw, data, model_fn, variant_point, f"variant: {variant_label(s)}")
+    for name, r in (("paper protocol", paper_net), ("variant", variant_net)):
+        extra = r.point.extra
+        log(f"knee, {name}: validation accuracy {extra['val_accuracy']:.4f}, test accuracy "
+            f"{r.test['accuracy']:.4f}, nonzero {_layers(extra['nonzero_per_layer'])} (pruned "
+            f"{extra['pruned_fraction']:.4f})")
 
     # SMGD for the short-run budget, compared with the weighted-sum front on validation.
     smgd_rows, smgd_coeffs = [], {}
@@ -237,9 +298,8 @@ def run(
 
     elapsed = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
-    verdicts = judge_all(CLAIMS, measure(knee_final, knee_test, knee_correct, search,
-                                         smgd_rows))
-    table = _comparison_table(knee_final, knee_test, smgd_rows, search)
+    verdicts = judge_all(CLAIMS, measure({"": paper_net, VARIANT: variant_net}, search, smgd_rows))
+    table = _comparison_table(paper_net, variant_net, variant_label(s), smgd_rows)
     results = {
         "quick": quick,
         "settings": asdict(s),
@@ -253,8 +313,9 @@ def run(
         "grid": grid.to_dict(),
         "hypervolume": {"reference_point": ref.tolist(), **hv},
         "knee": {"weight": knee.weight, "short_run": knee.to_dict(),
-                 "retrained": {**knee_final.to_dict(), "test_accuracy": knee_test["accuracy"],
-                               "test_loss": knee_test["loss"]}},
+                 "paper": {"label": f"paper protocol: {s.full_epochs} weighted-sum epochs",
+                           **_network_dict(paper_net)},
+                 "variant": {"label": variant_label(s), **_network_dict(variant_net)}},
         "smgd": smgd_rows,
         "table": table,
         "claims": [v.to_dict() for v in verdicts],
@@ -267,46 +328,81 @@ def run(
         results["figures"] = figures
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results, s, verdicts, fw))
-    log(text_table(table, ["solution", "test_accuracy", "dense_1", "dense_2", "dense_3",
-                           "nonzero", "pruned"]))
+    log(text_table(table, TABLE_COLUMNS))
     for line in log_lines(verdicts, quick):
         log(line)
     log(f"pareto: {elapsed:.0f} s wall, {cpu_seconds:.0f} s CPU")
     return results
 
 
-def measure(knee_final: FrontPoint, knee_test: dict[str, float], knee_correct: list[float],
-            search: KneeSearch, smgd_rows: list[dict[str, Any]]) -> dict[str, Measured]:
-    """What each declared claim (`CLAIMS`) measured."""
-    out = {
-        "knee-pruned": single(knee_final.extra["pruned_fraction"],
-                              f"{knee_final.extra['nonzero']} nonzero dense weights"),
-        "knee-accuracy": samples(knee_correct, f"test accuracy {knee_test['accuracy']:.4f}"),
-        "knee-budget": single(search.runs),
+def _test_network(fw: Firewall, data, model_fn: Callable[[], torch.nn.Module],
+                  point: FrontPoint, what: str) -> Retrained:
+    """Evaluate a retrained network on the test split (after the freeze; recorded)."""
+    model = model_fn()
+    model.load_state_dict(point.state)
+    test = fw.test(data, what, "test accuracy and loss, per test image")
+    metrics = evaluate(model, test.x_test, test.y_test)
+    wrong = set(misclassified(model, test.x_test, test.y_test))
+    return Retrained(point, metrics, [0.0 if i in wrong else 1.0 for i in range(test.n_test)])
+
+
+def _network_dict(r: Retrained) -> dict[str, Any]:
+    ratios = layer_ratios(r.point.extra["nonzero_per_layer"])
+    return {**r.point.to_dict(), "test_accuracy": r.test["accuracy"],
+            "test_loss": r.test["loss"], "layer_ratios": ratios,
+            "max_layer_ratio": max(ratios)}
+
+
+def network_measures(prefix: str, r: Retrained) -> dict[str, Measured]:
+    """The published targets measured on one retrained network; claim names `prefix` + ..."""
+    extra = r.point.extra
+    counts, ratios = _layers(extra["nonzero_per_layer"]), layer_ratios(extra["nonzero_per_layer"])
+    worst = int(np.argmax(ratios))
+    return {
+        f"{prefix}knee-accuracy": samples(r.correct,
+                                          f"test accuracy {r.test['accuracy']:.4f}"),
+        f"{prefix}knee-nonzero": single(
+            max(ratios), f"nonzero {' / '.join(map(str, counts))}, ratios "
+            f"{', '.join(f'{q:.3f}' for q in ratios)} (largest: dense layer {worst + 1})"),
+        f"{prefix}knee-pruned": single(extra["pruned_fraction"],
+                                       f"{extra['nonzero']} nonzero dense weights"),
     }
+
+
+def measure(retrained: dict[str, Retrained], search: KneeSearch,
+            smgd_rows: list[dict[str, Any]]) -> dict[str, Measured]:
+    """What each declared claim (`CLAIMS`) measured; `retrained` maps a claim-name prefix
+    ("" for the paper's protocol, `VARIANT`) to its network."""
+    out: dict[str, Measured] = {"knee-budget": single(search.runs)}
+    for prefix, r in retrained.items():
+        out.update(network_measures(prefix, r))
     for row in smgd_rows:
         out[f"smgd-{row['variant']}"] = single(
             row["dominance_gap"], "a trivial, all-pruned solution" if row["trivial"] else "")
     return out
 
 
-def _comparison_table(knee_final: FrontPoint, knee_test, smgd_rows, search: KneeSearch):
+TABLE_COLUMNS = ["solution", "test_accuracy", "dense_1", "dense_2", "dense_3", "nonzero",
+                 "pruned", "max_layer_ratio"]
+
+
+def _row(solution: str, accuracy: float, layers: list[int], pruned: float) -> dict[str, Any]:
+    return {"solution": solution, "test_accuracy": accuracy, "dense_1": layers[0],
+            "dense_2": layers[1], "dense_3": layers[2], "nonzero": sum(layers),
+            "pruned": pruned, "max_layer_ratio": max(layer_ratios(layers))}
+
+
+def _comparison_table(paper: Retrained, variant: Retrained, label: str, smgd_rows):
     ref_nz = REFERENCE["nonzero_per_layer"]
-    rows = [{"solution": "reference (Reiners et al.)", "test_accuracy": REFERENCE["test_accuracy"],
-             "dense_1": ref_nz[0], "dense_2": ref_nz[1], "dense_3": ref_nz[2],
-             "nonzero": sum(ref_nz), "pruned": 1 - sum(ref_nz) / REFERENCE["dense_weights"]}]
-    layers = _layers(knee_final.extra["nonzero_per_layer"])
-    rows.append({"solution": f"knee, retrained (lambda={knee_final.weight:.6g})",
-                 "test_accuracy": knee_test["accuracy"], "dense_1": layers[0],
-                 "dense_2": layers[1], "dense_3": layers[2],
-                 "nonzero": knee_final.extra["nonzero"],
-                 "pruned": knee_final.extra["pruned_fraction"]})
+    rows = [_row("reference (Reiners et al.)", REFERENCE["test_accuracy"], ref_nz,
+                 1 - sum(ref_nz) / REFERENCE["dense_weights"])]
+    for name, r in ((f"knee, paper protocol (lambda={paper.point.weight:.6g})", paper),
+                    (f"variant: {label}", variant)):
+        rows.append(_row(name, r.test["accuracy"], _layers(r.point.extra["nonzero_per_layer"]),
+                         r.point.extra["pruned_fraction"]))
     for r in smgd_rows:
-        layers = list(r["nonzero_per_layer"].values())
-        rows.append({"solution": f"SMGD ({r['variant']}, short budget)",
-                     "test_accuracy": r["test_accuracy"], "dense_1": layers[0],
-                     "dense_2": layers[1], "dense_3": layers[2], "nonzero": r["nonzero"],
-                     "pruned": r["pruned_fraction"]})
+        rows.append(_row(f"SMGD ({r['variant']}, short budget)", r["test_accuracy"],
+                         list(r["nonzero_per_layer"].values()), r["pruned_fraction"]))
     return rows
 
 
@@ -351,7 +447,8 @@ def _figures(stage: Path, search: KneeSearch, grid: KneeSearch, knee: FrontPoint
 
 def _report(results: dict[str, Any], s: ParetoSettings, verdicts, fw: Firewall) -> str:
     search, grid = results["search"], results["grid"]
-    cols = ["solution", "test_accuracy", "dense_1", "dense_2", "dense_3", "nonzero", "pruned"]
+    main = [v for v in verdicts if not v.claim.name.startswith(VARIANT)]
+    variant = [v for v in verdicts if v.claim.name.startswith(VARIANT)]
     pts = search["points"]
     front_rows = [{"run": p["index"] + 1, "lambda": f"{p['weight']:.7g}", "val_ce": p["f1"],
                    "l1": p["f2"], "val_accuracy": p["val_accuracy"], "nonzero": p["nonzero"],
@@ -366,19 +463,36 @@ def _report(results: dict[str, Any], s: ParetoSettings, verdicts, fw: Firewall) 
         + (" (quick)" if results["quick"] else ""),
         "",
         f"MNIST training images: {size}, of which {s.n_val:,} form the validation split (seeded); "
-        f"short runs: {s.short_epochs} epochs, batch {s.batch_size}, Adam lr {s.lr}; knee "
-        f"retrained for {s.full_epochs} epochs: {s.full_epochs - s.finetune_epochs} of the "
-        f"weighted sum, then {s.finetune_epochs} fine-tuning the sparse solution (its zeros "
-        f"frozen as a persistent mask, l1 term off, {s.finetune_lr_schedule} learning rate). "
-        "Weighted sum lambda (CE + L2 conv, "
+        f"short runs: {s.short_epochs} epochs, batch {s.batch_size}, Adam lr {s.lr}. The knee "
+        f"is retrained by the paper's protocol: {s.full_epochs} epochs of the weighted sum at "
+        "its lambda from a fresh initialisation, constant learning rate, nothing else; the "
+        "main claims judge this network. Weighted sum lambda (CE + L2 conv, "
         f"conv_l2={s.method_options['conv_l2']}) + (1 - lambda) l1 of the dense kernels, "
         f"trained as CE + ((1-lambda)/lambda) l1; weights with |w| <= tau = "
         f"{s.method_options['tau']} zeroed after every minibatch. Front and knee are measured "
-        "on validation data; test accuracy only for the retrained knee and SMGD.",
+        "on validation data; test accuracy only for the retrained knee networks and SMGD.",
         "",
         "## Claims",
         "",
-        claims_markdown(verdicts, results["quick"]),
+        "Targets: the published network (Reiners et al.), >= 98.9% test accuracy with at most "
+        f"{_LIMITS} nonzero weights in the three dense layers (the per-layer claim is the "
+        "largest ratio nonzero / limit over the layers, <= 1), plus the project's >= 95% "
+        "pruned (METHODS section 6).",
+        "",
+        claims_markdown(main, results["quick"]),
+        "",
+        f"## Variant: {variant_label(s)}",
+        "",
+        f"The same weighted-sum run's weights after {s.full_epochs - s.finetune_epochs} "
+        f"epochs, then {s.finetune_epochs} epoch(s) of CE only with the dense zeros frozen "
+        f"(persistent mask, l1 term off, thresholding off, fresh Adam moments, "
+        f"{s.finetune_lr_schedule} learning rate). This stage is not in the paper: it was "
+        "added after the paper's protocol missed its accuracy target on test "
+        "(docs/claims-history.md). Its claims are the same targets, labelled \"variant:\".",
+        "",
+        claims_markdown(variant, results["quick"]),
+        "",
+        _variant_line(results["knee"], s),
         "",
         "## Test-set firewall",
         "",
@@ -386,9 +500,10 @@ def _report(results: dict[str, Any], s: ParetoSettings, verdicts, fw: Firewall) 
         "",
         "## Against the reference",
         "",
-        markdown_table(results["table"], cols),
+        markdown_table(results["table"], TABLE_COLUMNS),
         "",
-        _finetune_line(results["knee"]["retrained"], s),
+        "max_layer_ratio: the largest nonzero / reference count over the three dense layers "
+        f"({_LIMITS}); <= 1 meets the published per-layer counts.",
         "",
         "## Adaptive weighted-sum search (validation objectives)",
         "",
@@ -424,9 +539,13 @@ def _report(results: dict[str, Any], s: ParetoSettings, verdicts, fw: Firewall) 
     return "\n".join(lines)
 
 
-def _finetune_line(knee: dict[str, Any], s: ParetoSettings) -> str:
-    before = knee["before_finetune"]
-    return (f"Knee retrain, validation split: accuracy {before['val_accuracy']:.4f} after the "
-            f"{s.full_epochs - s.finetune_epochs} weighted-sum epochs, {knee['val_accuracy']:.4f} "
-            f"after the {s.finetune_epochs}-epoch fine-tune; nonzero dense weights "
-            f"{before['nonzero']} before and {knee['nonzero']} after (the mask is frozen).")
+def _variant_line(knee: dict[str, Any], s: ParetoSettings) -> str:
+    paper, variant = knee["paper"], knee["variant"]
+    before = variant["before_finetune"]
+    ws = s.full_epochs - s.finetune_epochs
+    return (f"Validation split: the weighted sum reaches accuracy {before['val_accuracy']:.4f} "
+            f"with {before['nonzero']} nonzero dense weights after {ws} epochs; the paper's "
+            f"protocol continues it to {s.full_epochs} epochs: {paper['val_accuracy']:.4f} with "
+            f"{paper['nonzero']} nonzero; the variant fine-tunes it instead for "
+            f"{s.finetune_epochs}: {variant['val_accuracy']:.4f} with {variant['nonzero']} "
+            "nonzero (the mask is frozen).")

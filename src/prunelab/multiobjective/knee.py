@@ -27,8 +27,12 @@ the test set is for reporting the final, retrained knee.
 Fine-tune (`WeightedSumRunner(finetune=TrainConfig(...))`, `finetune_sparse`): after the
 weighted-sum training, a second phase with its own learning-rate schedule trains the solution on
 CE (+ the conv L2 term) only, its l1-set zeros frozen as a persistent mask: the nonzero count
-stays exactly that of the weighted-sum solution while the accuracy recovers (the final retrain
-of the knee uses it; the short runs of the searches do not).
+stays exactly that of the weighted-sum solution while the accuracy recovers (the short runs of
+the searches do not use it; the Pareto reproduction reports it as a labelled variant, not the
+paper's protocol). `WeightedSumRunner(keep_epochs=(E,))` keeps the weights after epoch E of a
+longer weighted-sum run and `finetune_from(point, E)` fine-tunes them: at a constant learning
+rate this is bit for bit an E-epoch run with `finetune` set, so one weighted-sum run serves both
+the full-length network and the shorter run plus fine-tune.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class FrontPoint:
     extra: dict[str, Any] = field(default_factory=dict)
     index: int = -1  # evaluation order
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    # weights after the epochs named in `WeightedSumRunner.keep_epochs` (not in `to_dict`)
+    epoch_states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def objectives(self) -> tuple[float, float]:
@@ -285,7 +291,9 @@ class WeightedSumRunner:
     """`evaluate(lambda)` for the searches: build a fresh model (`model_fn`, seeded inside),
     train it with `BiobjectiveTraining(weight=lambda, **method_options)` on `train` (whose
     test tensors are the validation split), then, with `finetune` set, fine-tune it with
-    `finetune_sparse` for that config, and measure the validation objectives."""
+    `finetune_sparse` for that config, and measure the validation objectives. `keep_epochs`
+    keeps the weights after those epochs of the weighted sum in `FrontPoint.epoch_states`
+    (for `finetune_from`)."""
 
     model_fn: Callable[[], nn.Module]
     train: Dataset
@@ -294,7 +302,13 @@ class WeightedSumRunner:
     progress: bool | None = False
     keep_state: bool = True
     finetune: TrainConfig | None = None
+    keep_epochs: tuple[int, ...] = ()
     cache: dict[float, FrontPoint] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.keep_epochs = tuple(int(e) for e in self.keep_epochs)
+        for e in self.keep_epochs:
+            check_range("keep_epochs", e, 1, self.config.epochs)
 
     def __call__(self, weight: float) -> FrontPoint:
         """Train at `weight` (runs are seeded, so a weight already trained is answered from
@@ -306,27 +320,76 @@ class WeightedSumRunner:
         self.cache[weight] = point
         return replace(point, extra=dict(point.extra))
 
+    def finetune_from(self, point: FrontPoint, epoch: int,
+                      config: TrainConfig | None = None) -> FrontPoint:
+        """The weighted-sum solution of `point` after `epoch` epochs (kept by `keep_epochs`),
+        fine-tuned with `finetune_sparse` under `config` (default: `self.finetune`) and
+        measured on validation: the same network, bit for bit, as an `epoch`-epoch run with
+        that fine-tune, provided the weighted sum's learning rate is constant (a decaying
+        schedule depends on the run's length, so it is refused)."""
+        config = config if config is not None else self.finetune
+        if config is None:
+            raise ConfigError("finetune_from needs a fine-tune TrainConfig")
+        if self.config.lr_schedule != "constant":
+            raise ConfigError("finetune_from needs a constant learning rate for the weighted "
+                              f"sum (got lr_schedule={self.config.lr_schedule!r}): otherwise "
+                              "epoch E of a longer run is not an E-epoch run")
+        if epoch not in point.epoch_states:
+            raise ConfigError(f"no weights kept after epoch {epoch} (kept: "
+                              f"{sorted(point.epoch_states) or 'none'}); set keep_epochs")
+        model = self.model_fn()
+        model.load_state_dict(point.epoch_states[epoch])
+        names = list(point.extra["nonzero_per_layer"])
+        before = self._summary(model, names)
+        seconds = point.extra.get("epoch_seconds", {}).get(epoch, 0.0)
+        result = finetune_sparse(model, self.train, config, self.method_options, self.progress)
+        extra = {"before_finetune": before, "weighted_sum_epochs": epoch,
+                 "finetune_seconds": result.final["train_seconds"]}
+        return self._point(point.weight, model, names, extra,
+                           seconds + result.final["train_seconds"], result.final_state)
+
+    def _summary(self, model: nn.Module, names: Sequence[str]) -> dict[str, Any]:
+        from prunelab.train import evaluate
+
+        val = evaluate(model, self.train.x_test, self.train.y_test)
+        return {"val_accuracy": val["accuracy"], "val_ce": val["loss"],
+                "nonzero": sum(dense_nonzero(model, names).values())}
+
     def _train(self, weight: float) -> FrontPoint:
-        from prunelab.train import Trainer, evaluate
+        from prunelab.train import Trainer
 
         method = BiobjectiveTraining(weight=weight, **self.method_options)
         model = self.model_fn()
-        result = Trainer(model, self.train, self.config, method, progress=self.progress).fit()
-        seconds = result.final["train_seconds"]
+        config = replace(self.config, checkpoint_epochs=True) if self.keep_epochs \
+            else self.config
+        result = Trainer(model, self.train, config, method, progress=self.progress).fit()
+        names = list(method.l1_set)
+        kept = {e: result.checkpoints[f"epoch{e}"] for e in self.keep_epochs}
         extra: dict[str, Any] = {}
+        if kept:
+            extra["epoch_seconds"] = {e: result.metrics[e - 1]["seconds"] for e in kept}
+        seconds = result.final["train_seconds"]
         if self.finetune is not None:
-            before = evaluate(model, self.train.x_test, self.train.y_test)
-            extra["before_finetune"] = {
-                "val_accuracy": before["accuracy"], "val_ce": before["loss"],
-                "nonzero": sum(dense_nonzero(model, list(method.l1_set)).values())}
+            extra["before_finetune"] = self._summary(model, names)
             result = finetune_sparse(model, self.train, self.finetune, self.method_options,
                                      self.progress)
             seconds += result.final["train_seconds"]
+        point = self._point(weight, model, names, extra, seconds, result.final_state)
+        point.epoch_states = kept
+        return point
+
+    def _point(self, weight: float, model: nn.Module, names: Sequence[str],
+               extra: dict[str, Any], seconds: float,
+               state: dict[str, torch.Tensor]) -> FrontPoint:
+        """The FrontPoint of a trained `model`: validation CE, l1 of the parameters `names`."""
+        from prunelab.train import evaluate
+
         val = evaluate(model, self.train.x_test, self.train.y_test)
-        l1_set = method.l1_set
+        params = dict(model.named_parameters())
+        l1_set = {n: params[n] for n in names}
         with torch.no_grad():
             l1 = float(l1_norm(l1_set))
-        nz = dense_nonzero(model, list(l1_set))
+        nz = dense_nonzero(model, names)
         total = sum(p.numel() for p in l1_set.values())
         extra = {
             **extra,
@@ -337,5 +400,5 @@ class WeightedSumRunner:
             "nonzero_per_layer": nz,
             "train_seconds": seconds,
         }
-        state = result.final_state if self.keep_state else None
-        return FrontPoint(weight, val["loss"], l1, extra, state=state)
+        return FrontPoint(weight, val["loss"], l1, extra,
+                          state=state if self.keep_state else None)
