@@ -83,6 +83,7 @@ from prunelab.train import Trainer, preload_optimizers
 ERROR_MARGIN = 0.1  # points of validation error the chosen strength may add to dense's
 RESNET_ERROR_BUDGET = 0.5  # points over dense validation error, for both ResNet weightings
 SECTION_FRACTION = 0.5
+COLLAPSED_ERROR_PCT = 50.0  # figure only: errors above this are near-chance networks
 ERROR_LIMIT = 0.2
 FLOPS_RATIO = 2.0
 SEEDS_FULL = 5
@@ -495,12 +496,21 @@ def _summarise(s: Settings, quick, rows, resnet_rows, screen, dense_val, resnet_
 def _tradeoff_figure(res: dict[str, Any], path: Path) -> None:
     """Final forward FLOPs against error: the MLP's validation screen and test runs, and
     (ResNet part on) both weightings' screens and test runs, one panel each."""
-    panels = [("deep MLP (validation screen, test runs)", res["screen"], res["runs"])]
+    panels = []
+    if res["screen"] or res["runs"]:
+        panels.append(("deep MLP (validation screen, test runs)", res["screen"], res["runs"]))
     if res["resnet_screen"]:
         panels.append(("ResNet-20 (validation screen, test runs)", res["resnet_screen"],
                        res["resnet_runs"]))
     fig, axes = new_figure(ncols=len(panels), size=(5.0, 3.8))
     for ax, (title, screen, runs) in zip(axes[0], panels):
+        # networks that lost every section sit at chance and would squash the interesting
+        # range: left off the axes, counted in the title
+        collapsed = sum(r["error_pct"] >= COLLAPSED_ERROR_PCT for r in [*screen, *runs])
+        screen = [r for r in screen if r["error_pct"] < COLLAPSED_ERROR_PCT]
+        runs = [r for r in runs if r["error_pct"] < COLLAPSED_ERROR_PCT]
+        if collapsed:
+            title += f"\n{collapsed} collapsed (>= {COLLAPSED_ERROR_PCT:g}% error) not shown"
         weights = sorted({r.get("flops_weight", 0.5) for r in screen})
         for fwgt in weights:
             pts = [r for r in screen if r.get("flops_weight", 0.5) == fwgt]
