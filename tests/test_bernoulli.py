@@ -341,7 +341,8 @@ def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
     assert "| Bernoulli, all |" in (tmp_path / "out" / "report.md").read_text()
     assert (tmp_path / "out" / "figures" / "theta_trajectories.png").exists()
     planned = default_plan(True)["runs"]
-    assert len(res["runs"]) == len(planned)
+    gated_seeds = default_plan(True)["gated_seeds"]
+    assert len(res["runs"]) == len(planned) + len(gated_seeds)
     # each run's units are its final widths, and the gates removed units at every width
     for r, (factor, _) in zip(res["runs"], planned):
         assert r["units"] == sum(r["widths"]) == sum(map(int, r["final"].split("-")))
@@ -351,8 +352,16 @@ def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
         res["models"]["lenet-300-100"]["x1_error_pct"])
     assert claims["lenet-300-100:error"]["verdict"] == "too few runs (n=2 < 10)"
     assert claims["lenet5:error"]["verdict"] == "not measured"  # quick: LeNet-300-100 only
+    # the input-gated x1 run: its inputs pruned, judged by the claims counting them
+    gated = [r for r in res["runs"] if r["inputs_gated"]]
+    assert [r["seed"] for r in gated] == gated_seeds and all(
+        0 < r["input_features"] < 784 for r in gated)
+    assert claims["lenet-300-100:units-with-inputs"]["estimate"] == pytest.approx(
+        sum(r["units"] + r["input_features"] for r in gated) / len(gated))
+    assert claims["lenet-300-100:error-gated"]["verdict"] == "too few runs (n=1 < 10)"
     # one recorded test evaluation per training run, all after the (start-of-run) freeze
-    assert res["selection"]["frozen"] and len(res["test_evaluations"]) == len(planned) + 2
+    assert res["selection"]["frozen"] and len(res["test_evaluations"]) == (
+        len(planned) + 2 + len(gated_seeds))
     # the recorded mistakes are the final networks' own: as many as their test errors say
     n = res["n_test"]
     for r in res["runs"]:
@@ -362,7 +371,7 @@ def test_reproduce_quick_end_to_end(tmp_path, monkeypatch):
         assert len(wrong) == round(err * n / 100)
     # every x1 run has a scratch twin at its own final widths
     twins = res["models"]["lenet-300-100"]["scratch"]
-    x1 = [r for r in res["runs"] if r["width"] == "x1"]
+    x1 = [r for r in res["runs"] if r["width"] == "x1" and not r["inputs_gated"]]
     assert twins["widths"] == [r["widths"] for r in x1]
     assert twins["bernoulli_errors_pct"] == [r["test_error_pct"] for r in x1]
     for err, wrong in zip(twins["seed_errors_pct"], twins["seed_test_mistakes"]):

@@ -330,7 +330,8 @@ def test_reproduction_records_each_test_evaluation_after_its_freeze(name, audit,
     elif name == "bernoulli":
         assert [e["what"] for e in evaluations] == [
             "lenet-300-100 dense x1 seed 0",
-            "lenet-300-100 bernoulli x1 seed 0 and its scratch twin"]
+            "lenet-300-100 bernoulli x1 seed 0 and its scratch twin",
+            "lenet-300-100 bernoulli x1 inputs gated seed 0"]
     elif name == "layer-pruning":
         assert choices["strength"] == 1.0 and [e["what"] for e in evaluations] == [
             "MLP depth 2 seed 0: dense, gated, combined",

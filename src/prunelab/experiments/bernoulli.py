@@ -16,24 +16,29 @@ the same recipe and seed (with gated inputs, the same input features kept by a f
 the report can say what the gates' search is worth over training the small network alone, and
 how much error spread the small network has by itself. The
 published structured baselines (METHODS.md section 5) are compared on hidden units by default:
-our gates sit on hidden units and filters, so the input layer (784 pixels) is not pruned, and
-LeNet-5's fc input width is (conv2 filters kept) x 16 positions. With `gate_inputs` in the
-plan's options (`run(out, plan={"options": {**METHOD_OPTIONS, "gate_inputs": True}})`) the
-flattened inputs are gated too and the comparison counts inputs + hidden units, like for like
-with the published 266-88-33; the robustness statistics stay on hidden units.
+our gates sit on hidden units and filters, so in the main runs the input layer (784 pixels) is
+not pruned, and LeNet-5's fc input width is (conv2 filters kept) x 16 positions. The papers'
+own configuration counts the input units (L0-sep's 266-88-33 keeps 266 of 784 pixels), so the
+plan also trains LeNet-300-100 at x1 with the inputs gated (`gated_seeds`, options
+`gated_options`: `GATED_OPTIONS`, whose `feature_pi` was chosen on a validation split); those
+runs are judged against the published 1.8% and 266-88-33 per layer, inputs counted, and stay
+out of the robustness and scratch statistics of the main (ungated) runs.
 
 Claims are declared in `CLAIMS` (per model) and judged by `prunelab.claims`: the x1 error and
-unit targets by a bootstrap of the mean over seeds, the wall-time and scratch-twin comparisons
-paired by seed, each needing 10 seeds at the full setting; robustness is the run-to-run SD of
-the test error against the SD test-set sampling alone would give (<= 1.25x) and the CV of the
-units (<= 10%); the earlier error-spread <= 0.3 target is retired (docs/claims-history.md).
-The method options were chosen before the run on a validation split (`METHOD_OPTIONS`), so the
-test-set firewall (`prunelab.firewall`) is frozen at the start and records every run's test
+unit targets by a bootstrap of the mean over seeds (LeNet-300-100: the published 1.8% and
+266-88-33 per layer on the input-gated runs, the project's earlier 2.0% and 121 hidden units
+on the main runs), the wall-time and scratch-twin comparisons paired by seed, each needing 10
+seeds at the full setting; robustness (main runs) is the run-to-run SD of the test error
+against the SD test-set sampling alone would give (<= 1.25x) and the CV of the units (<= 10%);
+the earlier error-spread <= 0.3 target is retired (docs/claims-history.md). The method
+options were chosen before the run on a validation split (`METHOD_OPTIONS`, `GATED_OPTIONS`),
+so the test-set firewall (`prunelab.firewall`) is frozen at the start and records every run's test
 evaluation.
 
 `--quick`: LeNet-300-100 only, a 10,000-example training subset, 20 epochs, seeds 0-1 at x1 and
-seed 0 at x2 and x4 (about 1 CPU-minute, single-threaded). Full: both models, 60,000 examples,
-seeds 0-9 at x1 and 0-4 at x2 and x4, dense seeds 0-9 (LeNet-300-100 about 30 CPU-minutes;
+seed 0 at x2, x4 and x1 with gated inputs (about 1 CPU-minute, single-threaded). Full: both
+models, 60,000 examples, seeds 0-9 at x1 and 0-4 at x2 and x4, dense seeds 0-9, LeNet-300-100
+at x1 with gated inputs over seeds 0-9 (LeNet-300-100 about 40 CPU-minutes;
 LeNet-5 hours on a laptop CPU; minutes on a GPU with `PRUNELAB_DEVICE=cuda`).
 """
 
@@ -102,11 +107,29 @@ METHOD_OPTIONS: dict[str, Any] = {
     # the gate prior's gradient added in the theta update: the same updates bit for bit
     "gate_prior_as": "gradient",
 }
+# The input-gated x1 runs (LeNet-300-100 with its 784 input pixels gated too, the
+# configuration the papers compare: L0-sep's 266-88-33 counts 266 pixels). feature_pi, the
+# input gates' own prior, was chosen on a validation split, never the test set (session 4,
+# 2026-11-21, commit 0a2c97a): MNIST's training set split 50k/10k (`validation=1/6`, seed 0,
+# stratified), x1, seeds 0-1, the rest of METHOD_OPTIONS unchanged; rule fixed before the
+# runs: mean inputs + hidden units <= 367 (5% under L0-sep's 387), every gate decided, then
+# the lowest mean validation error. feature_pi 0.3 kept 196-198 inputs + 116-118 hidden units
+# (validation error 2.50/2.69%); 0.4 kept 295-321 + 106 (ineligible; 2.27/2.40%); 0.45 kept
+# 394-399 + 100-102 (ineligible; 2.29/2.44%); ungated, the same seeds 2.21/2.31%. The per-layer
+# limit declared since issue 20 item 5 (inputs <= 266) picks the same value from that screen:
+# 0.3 is the only screened value under 266 inputs (0.4 and 0.45 keep >= 295). Not re-screened
+# since: its test error (2.29% over seeds 0-4) had been seen, so a new search now would be one
+# made after a test result.
+GATED_OPTIONS: dict[str, Any] = {**METHOD_OPTIONS, "gate_inputs": True, "feature_pi": 0.3}
 BASELINES = {
     "lenet-300-100": [("L0-sep", [266, 88, 33], 1.8), ("BC-GNJ", [278, 98, 13], 1.8)],
     "lenet5": [("L0-sep", [9, 18, 65, 25], 1.0), ("BC-GNJ", [8, 13, 88, 13], 1.0)],
 }
+PUBLISHED_ERROR = {"lenet-300-100": 1.8, "lenet5": 1.0}  # L0-sep / BC-GNJ (METHODS.md 5)
+# the x1 error claims of the main runs (inputs not gated): LeNet-5 at the published 1.0%,
+# LeNet-300-100 at the project's earlier 2.0% (the published 1.8% is judged on the gated runs)
 TARGETS = {"lenet-300-100": 2.0, "lenet5": 1.0}
+L0_SEP_LIMITS = [266, 88, 33]  # inputs, first hidden, second hidden: the gated runs' limits
 LENET5_LIMIT = [20, 50, 150, 50]
 SD_RATIO_LIMIT = 1.25  # run-to-run error SD / the SD of test-set sampling alone
 CV_LIMIT = 0.10  # coefficient of variation of the final hidden units
@@ -116,46 +139,66 @@ SEEDS_FULL = 10
 def _model_claims(kind: str) -> list[Claim]:
     x1 = f"{kind} x1 runs"
     quick = kind == "lenet-300-100"  # quick runs LeNet-300-100 on a 10k subset only
-    out = [Claim(f"{kind}:error", f"{kind}: x1 test error <= {TARGETS[kind]}%",
-                 f"test error (%) of the {x1}", "mean over seeds", "<=", TARGETS[kind],
-                 "bootstrap_mean", n=SEEDS_FULL, quick_expected=False,
-                 source="METHODS 5 (published 1.8% / 1.0%, Guenter & Sideris' targets)")]
     if kind == "lenet-300-100":
-        out += [Claim(f"{kind}:units", f"{kind}: fewer hidden units than L0-sep's 88-33 (121), "
-                      "inputs not gated", f"hidden units of the {x1}", "mean over seeds", "<",
-                      121.0, "bootstrap_mean", n=SEEDS_FULL, quick_expected=False,
-                      source="METHODS 5"),
-                Claim(f"{kind}:units-with-inputs", f"{kind}: fewer units than L0-sep's "
-                      "266-88-33 (387) counting the gated inputs", f"inputs + hidden units of "
-                      f"the {x1} (with gate_inputs)", "mean over seeds", "<", 387.0,
-                      "bootstrap_mean", n=SEEDS_FULL, quick_expected=False,
-                      source="METHODS 5")]
+        gated = f"{kind} x1 runs with the inputs gated (seeds 0-9)"
+        out = [
+            Claim(f"{kind}:error", f"{kind}, inputs not gated: x1 test error <= "
+                  f"{TARGETS[kind]}% (the project's earlier target; the published "
+                  f"{PUBLISHED_ERROR[kind]}% is judged on the input-gated runs)",
+                  f"test error (%) of the {x1}, inputs not gated", "mean over seeds", "<=",
+                  TARGETS[kind], "bootstrap_mean", n=SEEDS_FULL, quick_expected=False,
+                  source="the project's target before issue 20 item 5"),
+            Claim(f"{kind}:units", f"{kind}, inputs not gated: fewer hidden units than "
+                  "L0-sep's 88-33 (121)", f"hidden units of the {x1}, inputs not gated",
+                  "mean over seeds", "<", 121.0, "bootstrap_mean", n=SEEDS_FULL,
+                  quick_expected=False, source="METHODS 5"),
+            Claim(f"{kind}:error-gated", f"{kind}, inputs gated (the papers' configuration): "
+                  f"x1 test error <= {PUBLISHED_ERROR[kind]}% (published L0-sep, BC-GNJ)",
+                  f"test error (%) of the {gated}", "mean over seeds", "<=",
+                  PUBLISHED_ERROR[kind], "bootstrap_mean", n=SEEDS_FULL, quick_expected=False,
+                  source="issue 20 item 5; METHODS 5 (L0-sep 266-88-33 and BC-GNJ at 1.8%)"),
+            Claim(f"{kind}:widths-gated", f"{kind}, inputs gated: no more units than L0-sep's "
+                  "266-88-33 in any layer, inputs counted",
+                  f"mean inputs, first and second hidden units of the {gated}",
+                  "largest of mean inputs / 266, mean first hidden / 88, mean second hidden / "
+                  "33", "<=", 1.0, "single", quick_expected=False,
+                  source="issue 20 item 5; METHODS 5"),
+            Claim(f"{kind}:units-with-inputs", f"{kind}, inputs gated: fewer units in total "
+                  "than L0-sep's 266-88-33 (387), inputs counted",
+                  f"inputs + hidden units of the {gated}", "mean over seeds", "<", 387.0,
+                  "bootstrap_mean", n=SEEDS_FULL, quick_expected=False, source="METHODS 5"),
+        ]
     else:
-        out.append(Claim(f"{kind}:widths", f"{kind}: at most 20-50-150-50 units",
-                         "mean x1 widths (conv1, conv2, fc inputs, fc hidden)",
-                         "largest width / its limit", "<=", 1.0, "single",
-                         quick_expected=False, source="METHODS 5"))
+        out = [Claim(f"{kind}:error", f"{kind}, fc inputs not gated: x1 test error <= "
+                     f"{TARGETS[kind]}% (published L0-sep, BC-GNJ)", f"test error (%) of the "
+                     f"{x1}", "mean over seeds", "<=", TARGETS[kind], "bootstrap_mean",
+                     n=SEEDS_FULL, quick_expected=False, source="METHODS 5; issue 20 item 5"),
+               Claim(f"{kind}:widths", f"{kind}: at most 20-50-150-50 units",
+                     "mean x1 widths (conv1, conv2, fc inputs, fc hidden)",
+                     "largest width / its limit", "<=", 1.0, "single",
+                     quick_expected=False, source="METHODS 5")]
+    main = "the main runs (x1, x2, x4; inputs not gated)"
     out += [
         Claim(f"{kind}:units-cv", f"{kind}: the final size is robust across seeds and start "
-              "widths", "final hidden units of all runs (x1, x2, x4)", "coefficient of "
-              "variation", "<=", CV_LIMIT, "single", quick_expected=False,
-              source="METHODS 5; issue 20 item 5"),
+              f"widths", f"final hidden units of {main}", "coefficient of variation", "<=",
+              CV_LIMIT, "single", quick_expected=False, source="METHODS 5; issue 20 item 5"),
         Claim(f"{kind}:error-sd", f"{kind}: the test error varies across runs no more than "
-              "test-set sampling explains", "test errors of all runs (x1, x2, x4)",
+              "test-set sampling explains", f"test errors of {main}",
               "SD / SD if test examples flip independently (prunelab.seed_noise)", "<=",
               SD_RATIO_LIMIT, "single", quick_expected=False,
               source="issue 20 item 5 (replaces the error spread <= 0.3 target)"),
         Claim(f"{kind}:decided", f"{kind}: every theta in {{0, 1}} (within 1e-3) at the end of "
-              "training", "gates still stochastic before the final rounding, all runs",
-              "count", "<=", 0.0, "single", quick_expected=quick, source="METHODS 5"),
+              "training", "gates still stochastic before the final rounding, every run "
+              "(inputs gated or not)", "count", "<=", 0.0, "single", quick_expected=quick,
+              source="METHODS 5"),
         Claim(f"{kind}:wall-time", f"{kind}: training wall time below dense training of the "
-              "start network", f"seconds per run, {x1} paired with the dense run of the same "
-              "seed", "x1 - dense", "<", 0.0, "paired_bootstrap", n=SEEDS_FULL,
-              quick_expected=False, source="METHODS 5"),
-        Claim(f"{kind}:vs-scratch", f"{kind}: the gated x1 network beats its architecture "
-              "trained from scratch", "test error (%), each x1 run paired with its scratch "
-              "twin (same widths, recipe and seed)", "gated - scratch", "<", 0.0,
-              "paired_bootstrap", n=SEEDS_FULL, quick_expected=False,
+              "start network", f"seconds per run, {x1} (inputs not gated) paired with the "
+              "dense run of the same seed", "x1 - dense", "<", 0.0, "paired_bootstrap",
+              n=SEEDS_FULL, quick_expected=False, source="METHODS 5"),
+        Claim(f"{kind}:vs-scratch", f"{kind}: the Bernoulli x1 network (inputs not gated) "
+              "beats its architecture trained from scratch", "test error (%), each x1 run "
+              "paired with its scratch twin (same widths, recipe and seed)", "gated - scratch",
+              "<", 0.0, "paired_bootstrap", n=SEEDS_FULL, quick_expected=False,
               source="Liu et al.'s scratch baseline"),
     ]
     return out
@@ -189,20 +232,59 @@ def published_widths(kind: str, widths: list[int], inputs: int | None = None) ->
 # steps than the full run, so penalty_scale is scaled by 1/6 (the same gate cost per example,
 # penalty_scale / N) and lr_theta by 6 (the same total theta travel).
 QUICK_OPTIONS: dict[str, Any] = {**METHOD_OPTIONS, "penalty_scale": 5.0, "lr_theta": 1.8}
+QUICK_GATED_OPTIONS: dict[str, Any] = {**QUICK_OPTIONS, "gate_inputs": True, "feature_pi": 0.3}
 
 
 def default_plan(quick: bool) -> dict[str, Any]:
-    """Models, training subset, epochs, (width factor, seed) runs and method options."""
+    """Models, training subset, epochs, (width factor, seed) runs and method options of the
+    main runs (inputs not gated), and the seeds and options of LeNet-300-100's x1 runs with
+    the inputs gated (`gated_seeds`, `gated_options`)."""
     if quick:
         return {"models": ["lenet-300-100"], "n_train": 10000, "epochs": {"lenet-300-100": 20},
                 "runs": [(1, 0), (1, 1), (2, 0), (4, 0)], "dense_seeds": [0, 1],
-                "scratch": True, "options": QUICK_OPTIONS}
-    # 10 seeds at x1 (and dense) for the paired and seed-mean claims; 5 at x2 and x4
+                "scratch": True, "options": QUICK_OPTIONS,
+                "gated_seeds": [0], "gated_options": QUICK_GATED_OPTIONS}
+    # 10 seeds at x1 (and dense, and x1 with gated inputs) for the paired and seed-mean
+    # claims; 5 at x2 and x4
     return {"models": ["lenet-300-100", "lenet5"], "n_train": None,
             "epochs": {"lenet-300-100": 20, "lenet5": 12},
             "runs": [(1, s) for s in range(SEEDS_FULL)]
             + [(f, s) for f in (2, 4) for s in range(5)],
-            "dense_seeds": list(range(SEEDS_FULL)), "scratch": True, "options": METHOD_OPTIONS}
+            "dense_seeds": list(range(SEEDS_FULL)), "scratch": True, "options": METHOD_OPTIONS,
+            "gated_seeds": list(range(SEEDS_FULL)), "gated_options": GATED_OPTIONS}
+
+
+def _check_plan(plan: dict[str, Any]) -> None:
+    """Refuse, before any training, a plan the study cannot summarise."""
+    if not any(int(factor) == 1 for factor, _ in plan["runs"]):
+        # the claims, the comparison with the published baselines and the wall-time check
+        # all read the x1 (start network) runs
+        raise ConfigError(f"the plan's runs {plan['runs']} have no x1 run (width factor 1); "
+                          "the study compares the x1 networks with the published baselines "
+                          "and with dense training: add at least one (1, seed) run")
+    if plan["options"].get("gate_inputs"):
+        raise ConfigError("the plan's main options gate the inputs; the main runs keep them "
+                          "whole: gate them in the input-gated runs instead (plan keys "
+                          "gated_seeds and gated_options)")
+    if plan.get("gated_seeds") and not plan.get("gated_options", {}).get("gate_inputs"):
+        raise ConfigError("the plan's gated_options must gate the inputs (gate_inputs=True) "
+                          "for its input-gated runs (gated_seeds)")
+
+
+def gated_widths(rows: list[dict[str, Any]], limits: list[int] = L0_SEP_LIMITS
+                 ) -> dict[str, Any]:
+    """Mean [inputs, hidden widths...] of input-gated runs against per-layer `limits`
+    (L0-sep's 266-88-33): the mean widths, each one's ratio to its limit and the largest
+    ratio, the statistic of the `widths-gated` claim (<= 1: no layer above its limit)."""
+    if not rows:
+        raise ValueError("no input-gated runs to average")
+    layers = [[r["input_features"], *r["widths"]] for r in rows]
+    if any(len(w) != len(limits) for w in layers):
+        raise ValueError(f"each run needs {len(limits)} widths (inputs, hidden...), got "
+                         f"{[len(w) for w in layers]}")
+    means = [sum(col) / len(col) for col in zip(*layers)]
+    ratios = [m / lim for m, lim in zip(means, limits)]
+    return {"mean_widths": means, "ratios": ratios, "largest_ratio": max(ratios)}
 
 
 def _train(kind: str, factor: int, seed: int, data, epochs: int, method: PruningMethod,
@@ -372,19 +454,17 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     (`plan` overrides parts of `default_plan(quick)`, e.g. fewer runs); single-threaded, the
     thread count restored after."""
     plan = {**default_plan(quick), **(plan or {})}
-    if not any(int(factor) == 1 for factor, _ in plan["runs"]):
-        # refused before any training: the claims, the comparison with the published
-        # baselines and the wall-time check all read the x1 (start network) runs
-        raise ConfigError(f"the plan's runs {plan['runs']} have no x1 run (width factor 1); "
-                          "the study compares the x1 networks with the published baselines "
-                          "and with dense training: add at least one (1, seed) run")
+    _check_plan(plan)
     device = os.environ.get("PRUNELAB_DEVICE", "cpu")
     data_dir = os.environ.get("PRUNELAB_DATA")
     opts = {"n_train": plan["n_train"]} if plan["n_train"] else {}
     fw = Firewall("bernoulli")
     sealed = fw.load("mnist", data_dir=data_dir, seed=0, **opts)
     # nothing is chosen at run time: the options were chosen beforehand on a validation split
-    fw.freeze(method_options=plan["options"], note="no run-time choices; METHOD_OPTIONS were "
+    gated_seeds = list(plan.get("gated_seeds") or [])
+    fw.freeze(method_options=plan["options"],
+              gated_options=plan.get("gated_options") if gated_seeds else None,
+              note="no run-time choices; METHOD_OPTIONS and GATED_OPTIONS' feature_pi were "
               "chosen before the run on a 50k/10k validation split of the training set")
     preload_optimizers()  # keeps torch's one-time imports out of the first timed run
     t0 = time.perf_counter()
@@ -394,12 +474,17 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     trajectories: dict[str, list[dict[str, Any]]] = {}
     for kind in plan["models"]:
         epochs = plan["epochs"][kind]
-        dense_runs, scratch_runs, by_run = [], [], {}
-        for job, factor, seed in _schedule(plan["dense_seeds"] or [0], plan["runs"]):
-            data = fw.test(sealed, f"{kind} {job} x{factor} seed {seed}" + (
-                " and its scratch twin" if job == "bernoulli" and factor == 1
-                and plan.get("scratch") else ""), "test error (each epoch; the last "
-                "reported), misclassified test examples")
+        dense_runs, scratch_runs, gated_rows, by_run = [], [], [], {}
+        jobs = _schedule(plan["dense_seeds"] or [0], plan["runs"])
+        if kind == "lenet-300-100":  # the papers count input units for the MLP
+            jobs += [("gated", 1, s) for s in gated_seeds]
+        for job, factor, seed in jobs:
+            what = (f"{kind} bernoulli x1 inputs gated seed {seed}" if job == "gated" else
+                    f"{kind} {job} x{factor} seed {seed}" + (
+                        " and its scratch twin" if job == "bernoulli" and factor == 1
+                        and plan.get("scratch") else ""))
+            data = fw.test(sealed, what, "test error (each epoch; the last reported), "
+                           "misclassified test examples")
             if job == "dense":
                 res, model, secs = _train(kind, 1, seed, data, epochs, PruningMethod(), device,
                                           progress)
@@ -411,16 +496,21 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
                 log(f"{kind} dense x1 seed {seed}: error "
                     f"{dense_runs[-1]['test_error_pct']:.2f}% in {secs:.1f}s")
                 continue
-            method = BernoulliGating(n_train=data.n_train, **plan["options"])
+            options = plan["gated_options"] if job == "gated" else plan["options"]
+            method = BernoulliGating(n_train=data.n_train, **options)
             res, model, secs = _train(kind, factor, seed, data, epochs, method, device, progress)
             row = _run_row(kind, factor, seed, res, model, secs, method, data.input_shape,
                            misclassified(model, data.x_test, data.y_test))
+            row["inputs_gated"] = job == "gated"
+            log(f"{kind} x{factor}{' inputs gated' if job == 'gated' else ''} seed {seed}: "
+                f"{row['start']} -> {row['final']}, error {row['test_error_pct']:.2f}%, "
+                f"training FLOPs saved {100 * row['train_flops_saved']:.0f}%, {secs:.1f}s")
+            if job == "gated":
+                gated_rows.append(row)
+                continue
             by_run[factor, seed] = row
             if factor == 1 and seed == 0:
                 trajectories[kind] = method.trajectory
-            log(f"{kind} x{factor} seed {seed}: {row['start']} -> {row['final']}, error "
-                f"{row['test_error_pct']:.2f}%, training FLOPs saved "
-                f"{100 * row['train_flops_saved']:.0f}%, {secs:.1f}s")
             if factor == 1 and plan.get("scratch"):
                 scratch_runs.append(_scratch_twin(kind, row, model, data, epochs, device,
                                                   progress))
@@ -429,7 +519,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         dense[kind] = _dense_reference(dense_runs)
         if scratch_runs:
             scratch[kind] = _scratch_reference(scratch_runs)
-        rows += [by_run[tuple(r)] for r in plan["runs"]]
+        rows += [by_run[tuple(r)] for r in plan["runs"]] + gated_rows
     results = _summarise(plan, rows, dense, quick, time.perf_counter() - t0, sealed.n_train,
                          sealed.n_test, scratch)
     results.update(fw.to_results())
@@ -438,11 +528,11 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         title = (f"bernoulli{' (quick)' if quick else ''}: Bernoulli gates on MNIST "
                  f"({sealed.n_train} training images)")
         _trajectory_figure(trajectories, stage / "figures" / "theta_trajectories.png", title)
-        _units_figure(rows, stage / "figures" / "units_vs_start_width.png", title)
+        _units_figure(_main(rows), stage / "figures" / "units_vs_start_width.png", title)
         atomic.write_json(stage / "results.json", results)
         atomic.write_text(stage / "report.md", _report(results))
-    log(text_table(rows, ["model", "width", "seed", "final", "units", "test_error_pct",
-                          "train_flops_saved", "undecided_at_end"]))
+    log(text_table(rows, ["model", "width", "seed", "inputs_gated", "final", "units",
+                          "test_error_pct", "train_flops_saved", "undecided_at_end"]))
     for line in log_lines([Verdict.from_dict(c) for c in results["claims"]], quick):
         log(line)
     return results
@@ -457,27 +547,51 @@ def _variance_split(mistakes: list[list[int] | None], n_test: int | None
     return error_variance_split(mistakes, n_test)
 
 
+def _main(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The main runs (inputs not gated): rows of results written before the input-gated runs
+    existed have no `inputs_gated` key and are all main runs."""
+    return [r for r in rows if not r.get("inputs_gated")]
+
+
+def _gated_summary(gated: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The input-gated x1 runs in the papers' layout: seeds, errors, mean widths (inputs,
+    hidden...) and their ratios to L0-sep's 266-88-33; None without such runs."""
+    if not gated:
+        return None
+    g = gated_widths(gated)
+    errs = [r["test_error_pct"] for r in gated]
+    return {"seeds": [r["seed"] for r in gated], "errors_pct": errs,
+            "x1_error_pct": sum(errs) / len(errs),
+            "layout": [round(w) for w in g["mean_widths"]], **g,
+            "undecided_at_end": sum(int(r["undecided_at_end"] or 0) for r in gated)}
+
+
 def _summarise(plan, rows, dense, quick, seconds, n_train, n_test: int | None = None,
                scratch: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     measured: dict[str, Measured] = {}
     per_model = {}
     for kind in plan["models"]:
-        rs = [r for r in rows if r["model"] == kind]
+        rs = _main([r for r in rows if r["model"] == kind])
+        gated = [r for r in rows if r["model"] == kind and r.get("inputs_gated")]
         x1 = [r for r in rs if r["width"] == "x1"]
         spread = _spread(rs)
         err = sum(r["test_error_pct"] for r in x1) / len(x1)
         units = sum(r["units"] for r in x1) / len(x1)
         widths = [sum(r["widths"][i] for r in x1) / len(x1) for i in range(len(x1[0]["widths"]))]
-        gated_in = [r["input_features"] for r in x1 if r["input_features"] is not None]
-        inputs = round(sum(gated_in) / len(gated_in)) if gated_in else None
-        layout = published_widths(kind, [round(w) for w in widths], inputs)
+        layout = published_widths(kind, [round(w) for w in widths])
         base = BASELINES[kind]
         twins = (scratch or {}).get(kind)
-        measured.update(_measure(kind, rs, x1, spread, layout, inputs, dense[kind], twins,
+        gsum = _gated_summary(gated)
+        measured.update(_measure(kind, rs, x1, gated, spread, layout, dense[kind], twins,
                                  n_test))
-        comp = [{"method": "Bernoulli gates (ours, x1 mean)",
+        comp = [{"method": "Bernoulli gates (ours, x1 mean, inputs not gated)",
                  "architecture": "-".join(str(w) for w in layout),
                  "error_pct": err}]
+        if gsum:
+            comp.append({"method": f"Bernoulli gates (ours, x1 mean of {len(gated)} seeds, "
+                                   "inputs gated)",
+                         "architecture": "-".join(str(w) for w in gsum["layout"]),
+                         "error_pct": gsum["x1_error_pct"]})
         comp += [{"method": f"{n} (published)", "architecture": "-".join(map(str, a)),
                   "error_pct": e} for n, a, e in base]
         comp.append({"method": f"dense start network (ours, mean of "
@@ -490,32 +604,50 @@ def _summarise(plan, rows, dense, quick, seconds, n_train, n_test: int | None = 
                          "error_pct": twins["error_mean_pct"]})
         per_model[kind] = {"spread": spread, "x1_error_pct": err, "x1_units": units,
                            "x1_layout": layout, "comparison": comp, "dense": dense[kind],
-                           "scratch": twins}
+                           "scratch": twins, "gated": gsum}
     for name in CLAIMS.names:  # models the plan did not train
         if name.split(":")[0] not in plan["models"]:
             measured[name] = missing("model not in this run's plan")
     verdicts = judge_all(CLAIMS, measured)
     return {"quick": quick, "n_train": n_train, "n_test": n_test, "epochs": plan["epochs"],
-            "method_options": plan["options"], "plan_runs": plan["runs"], "runs": rows,
+            "method_options": plan["options"], "plan_runs": plan["runs"],
+            "gated_options": plan.get("gated_options") if _gated_rows(rows) else None,
+            "gated_seeds": [r["seed"] for r in _gated_rows(rows)], "runs": rows,
             "models": per_model,
             "claims": [v.to_dict() for v in verdicts], "seconds": seconds}
 
 
-def _measure(kind, rs, x1, spread, layout, inputs, dense, twins, n_test
+def _gated_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The input-gated runs among `rows`."""
+    return [r for r in rows if r.get("inputs_gated")]
+
+
+def _measure(kind, rs, x1, gated, spread, layout, dense, twins, n_test
              ) -> dict[str, Measured]:
-    """What the declared claims (`CLAIMS`) of one model measured in this study."""
+    """What the declared claims (`CLAIMS`) of one model measured in this study: `rs` are its
+    main runs (`x1` the x1 ones), `gated` its input-gated x1 runs."""
     out: dict[str, Measured] = {}
     out[f"{kind}:error"] = samples([r["test_error_pct"] for r in x1],
-                                   f"x1 seeds {[r['seed'] for r in x1]}")
+                                   f"x1 seeds {[r['seed'] for r in x1]}, inputs not gated")
     if kind == "lenet-300-100":
-        hidden = [r["units"] for r in x1]
-        if inputs is None:
-            out[f"{kind}:units"] = samples(hidden, "inputs not gated (784)")
-            out[f"{kind}:units-with-inputs"] = missing("inputs not gated (gate_inputs off)")
+        out[f"{kind}:units"] = samples([r["units"] for r in x1], "inputs not gated (784)")
+        if not gated:
+            for claim in ("error-gated", "widths-gated", "units-with-inputs"):
+                out[f"{kind}:{claim}"] = missing("no input-gated runs in this run's plan")
         else:
-            out[f"{kind}:units"] = missing("inputs gated: see the claim counting them")
+            g = gated_widths(gated)
+            seeds = [r["seed"] for r in gated]
+            out[f"{kind}:error-gated"] = samples([r["test_error_pct"] for r in gated],
+                                                 f"inputs gated, seeds {seeds}")
+            means = "-".join(f"{w:.1f}" for w in g["mean_widths"])
+            ratios = ", ".join(f"{q:.2f}" for q in g["ratios"])
+            out[f"{kind}:widths-gated"] = single(
+                g["largest_ratio"], f"mean widths {means} (inputs, hidden); ratios to "
+                f"266-88-33: {ratios}")
             out[f"{kind}:units-with-inputs"] = samples(
-                [r["units"] + r["input_features"] for r in x1], f"mean {inputs} inputs kept")
+                [r["units"] + r["input_features"] for r in gated],
+                f"mean {g['mean_widths'][0]:.1f} inputs + {sum(g['mean_widths'][1:]):.1f} "
+                "hidden units")
     else:
         out[f"{kind}:widths"] = single(max(a / b for a, b in zip(layout, LENET5_LIMIT)),
                                        "mean widths " + "-".join(str(w) for w in layout))
@@ -534,9 +666,11 @@ def _measure(kind, rs, x1, spread, layout, inputs, dense, twins, n_test
             split["error_std_pts"] / split["independent_std_pts"],
             f"{len(rs)} runs: SD {split['error_std_pts']:.3f} points, test-set sampling alone "
             f"{split['independent_std_pts']:.3f}; error spread {spread['error_spread_pts']:.2f}")
-    far = max(r["max_undecided_distance"] or 0 for r in rs)
-    out[f"{kind}:decided"] = single(sum(int(r["undecided_at_end"] or 0) for r in rs),
-                                    f"largest min(theta, 1 - theta) {far:.3f}")
+    every = rs + gated
+    far = max(r["max_undecided_distance"] or 0 for r in every)
+    out[f"{kind}:decided"] = single(sum(int(r["undecided_at_end"] or 0) for r in every),
+                                    f"{len(every)} runs; largest min(theta, 1 - theta) "
+                                    f"{far:.3f}")
     # wall time over the seeds trained both ways (sequential runs in one process, each dense
     # seed next to its x1 run; benchmarks/bernoulli_training_time.py interleaves them)
     dense_secs = dict(zip(dense["seeds"], dense["seed_seconds"]))
@@ -616,6 +750,21 @@ def _scratch_lines(scratch: dict[str, Any] | None) -> list[str]:
             f"better than its architecture trained alone).", ""]
 
 
+def _gated_lines(gsum: dict[str, Any] | None, gated: list[dict[str, Any]]) -> list[str]:
+    """The report's section on the input-gated x1 runs (none when the study trained none)."""
+    if not gsum:
+        return []
+    ratios = ", ".join(f"{q:.2f}" for q in gsum["ratios"])
+    means = "-".join(f"{w:.1f}" for w in gsum["mean_widths"])
+    return ["Input-gated x1 runs (the papers' configuration: the 784 inputs gated and counted; "
+            "their limits are L0-sep's 266-88-33 per layer and its 1.8% error): mean widths "
+            f"{means} (inputs, first and second hidden), ratios to the limits {ratios}; mean "
+            f"test error {gsum['x1_error_pct']:.2f}%.", "",
+            markdown_table(gated, ["seed", "start", "final", "input_features", "units",
+                                   "test_error_pct", "params", "train_flops_saved",
+                                   "undecided_at_end", "seconds"]), ""]
+
+
 ROBUSTNESS_COLUMNS = ["runs", "n", "units mean", "units CV %", "error mean %", "error min-max %",
                       "error spread pts", "error SD pts", "SD if examples flip independently",
                       "between-run share of variance %"]
@@ -628,7 +777,10 @@ def _report(res: dict[str, Any]) -> str:
     lines += [f"Mode: {mode}; epochs {res['epochs']}; training examples {res['n_train']}; "
               f"(width factor, seed) runs {res['plan_runs']}; total time {res['seconds']:.0f}s.",
               "",
-              f"Method options: `{res['method_options']}`", "", "## Claims", "",
+              f"Method options (main runs): `{res['method_options']}`", "",
+              *([f"Input-gated x1 runs, seeds {res['gated_seeds']}, options: "
+                 f"`{res['gated_options']}`", ""] if res.get("gated_options") else []),
+              "## Claims", "",
               claims_markdown([Verdict.from_dict(c) for c in res["claims"]], res["quick"])]
     if "test_evaluations" in res:
         fw = res["selection"]
@@ -637,11 +789,15 @@ def _report(res: dict[str, Any]) -> str:
                   f"{len(res['test_evaluations'])} test evaluations afterwards, one per "
                   "training run, listed in results.json `test_evaluations`."]
     for kind, m in res["models"].items():
-        lines += ["", f"## {kind}", "", "Comparison (published numbers from METHODS.md; ours "
-                  "as measured; ours gate hidden units only):", "",
+        main = _main([r for r in res["runs"] if r["model"] == kind])
+        lines += ["", f"## {kind}", "", "Comparison (published numbers from METHODS.md, which "
+                  "count the input units; ours as measured, the main runs gating hidden units "
+                  "only):", "",
                   markdown_table(m["comparison"], ["method", "architecture", "error_pct"]), "",
-                  "Runs:", "",
-                  markdown_table([r for r in res["runs"] if r["model"] == kind],
+                  *_gated_lines(m.get("gated"), [r for r in _gated_rows(res["runs"])
+                                                 if r["model"] == kind]),
+                  "Main runs (inputs not gated):", "",
+                  markdown_table(main,
                                  ["width", "seed", "start", "final", "units", "test_error_pct",
                                   "params", "flops", "train_flops_saved", "undecided_at_end",
                                   "seconds"]), "",
@@ -656,9 +812,8 @@ def _report(res: dict[str, Any]) -> str:
                   "the variance, what runs being better or worse as a whole contribute, "
                   "estimated from few runs and so noisy: 'too few runs' where it cannot be "
                   "estimated or the estimate is negative):", "",
-                  markdown_table(_robustness_rows([r for r in res["runs"]
-                                                   if r["model"] == kind], m["dense"],
-                                                  res.get("n_test"), m.get("scratch")),
+                  markdown_table(_robustness_rows(main, m["dense"], res.get("n_test"),
+                                                  m.get("scratch")),
                                  ROBUSTNESS_COLUMNS)]
     lines += ["", "## Figures", "",
               "Theta of every unit of the x1 seed-0 run (blue: kept, red: removed):", "",
