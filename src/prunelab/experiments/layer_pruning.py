@@ -572,8 +572,10 @@ def _report(res: dict[str, Any], firewall_lines: list[str]) -> str:
         f"{VALIDATION_FRACTION:.3g} validation hold-out of them); {s['epochs']} epochs, Adam "
         f"1e-3 cosine, batch 100; depths {s['depths']}, seeds {s['seeds']}, combined "
         f"(unit + section gates) on seeds {s['combined_seeds']} at the first depth; ResNet part "
-        f"{'on' if s['resnet'] else 'off'}; "
-        f"total time {res['seconds']:.0f}s.", "",
+        + (f"on (ResNet-20 width {s['resnet_width']:g}, {s['resnet_n_train']} training images, "
+           f"{s['resnet_epochs']} epochs, strengths {s['resnet_strengths']}, seeds "
+           f"{s['resnet_seeds']})" if s['resnet'] else "off")
+        + f"; total time {res['seconds']:.0f}s.", "",
         f"Method options: `{s['options']}`", "", "## Claims", "",
         claims_markdown([Verdict.from_dict(c) for c in res["claims"]], res["quick"]), "",
         "## Test-set firewall", "", *firewall_lines, "",
