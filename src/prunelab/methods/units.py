@@ -250,21 +250,29 @@ class UnitPruning(MaskedMethod):
 
     # --------------------------------------------------------------------- pruning
 
+    def _oracle_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The oracle's scoring batch: `score_samples` training examples on the model's
+        device."""
+        data = self._data()
+        x, y = sample(data, min(self.score_samples, data.n_train), seed=self.seed)
+        dev = next(self.ctx.model.parameters()).device
+        return x.to(dev), y.to(dev)
+
+    def _collected_means(self) -> dict[str, Any]:
+        if not self.collector.ready:
+            raise ConfigError("no training step was seen before a pruning round; "
+                              "lower score_steps or prune later")
+        return self.collector.means()
+
     def _scores_and_means(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         model = self.ctx.model
         if self.groups is not None:
             return self._group_scores_and_means()
         if self.score == "oracle":
-            data = self._data()
-            x, y = sample(data, min(self.score_samples, data.n_train), seed=self.seed)
-            dev = next(model.parameters()).device
-            batch = (x.to(dev), y.to(dev))
+            batch = self._oracle_batch()
             means = unit_means(model, batch)
             return unit_scores(model, batch, "oracle", means=means), means
-        if not self.collector.ready:
-            raise ConfigError("no training step was seen before a pruning round; "
-                              "lower score_steps or prune later")
-        means = self.collector.means()
+        means = self._collected_means()
         if self.score in ("mrs", "removal"):
             return self.collector.scores(self.score), means
         return unit_scores(model, None, self.score, seed=self.seed + len(self.history)), means
@@ -272,16 +280,10 @@ class UnitPruning(MaskedMethod):
     def _group_scores_and_means(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         model, groups = self.ctx.model, self.groups
         if self.score == "oracle":
-            data = self._data()
-            x, y = sample(data, min(self.score_samples, data.n_train), seed=self.seed)
-            dev = next(model.parameters()).device
-            batch = (x.to(dev), y.to(dev))
+            batch = self._oracle_batch()
             means = group_means(model, batch, groups=groups)
             return group_unit_scores(model, batch, "oracle", groups=groups, means=means), means
-        if not self.collector.ready:
-            raise ConfigError("no training step was seen before a pruning round; "
-                              "lower score_steps or prune later")
-        means = self.collector.means()
+        means = self._collected_means()
         if self.score in ("mrs", "removal"):
             return self.collector.scores(self.score), means
         return group_unit_scores(model, None, self.score, groups=groups,
