@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import tiny_images
 from prunelab.config import TrainConfig
-from prunelab.data.base import Dataset
 from prunelab.errors import ConfigError
 from prunelab.group_gates import GroupGates
 from prunelab.groups import channel_groups
@@ -21,19 +21,6 @@ from prunelab.shrink import from_architecture
 from prunelab.train import Trainer
 
 SHAPE = (3, 28, 28)
-
-
-def tiny_images(n_train=32, n_test=16, classes=4, seed=0) -> Dataset:
-    g = torch.Generator().manual_seed(seed)
-
-    def draw(n):
-        y = torch.arange(n) % classes
-        x = torch.randn(n, *SHAPE, generator=g) * 0.5
-        x[:, 0] += (y.float() - classes / 2).view(-1, 1, 1)
-        return x, y
-
-    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
-    return Dataset("tiny-images", xtr, ytr, xte, yte, classes)
 
 
 def attached(model, optimizer="sgd", **options) -> BernoulliGating:
@@ -125,7 +112,7 @@ def test_removing_channels_mid_training_keeps_optimizer_state(optimizer):
 
 @pytest.mark.parametrize("name,opts", NETS)
 def test_bernoulli_trains_graph_models_to_a_smaller_deterministic_network(name, opts):
-    data = tiny_images()
+    data = tiny_images(n_train=32, n_test=16)
     torch.manual_seed(0)
     model = build_model(name, data.input_shape, data.num_classes, **opts)
     dense_params = count_parameters(model)

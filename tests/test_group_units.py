@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import tiny_images
 from prunelab.cli import main
 from prunelab.config import TrainConfig
 from prunelab.data.base import Dataset
@@ -25,19 +26,6 @@ from prunelab.shrink import load_shrunk, shrink
 from prunelab.train import Trainer
 
 CIFAR = (3, 32, 32)
-
-
-def tiny_images(n_train=32, n_test=16, shape=(3, 28, 28), classes=4, seed=0) -> Dataset:
-    g = torch.Generator().manual_seed(seed)
-
-    def draw(n):
-        y = torch.arange(n) % classes
-        x = torch.randn(n, *shape, generator=g) * 0.5
-        x[:, 0] += (y.float() - classes / 2).view(-1, 1, 1)
-        return x, y
-
-    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
-    return Dataset("tiny-images", xtr, ytr, xte, yte, classes)
 
 
 def per_sample_first_order(model, group, x, y, mean: bool):
@@ -153,7 +141,7 @@ def test_scores_select_and_dead_channels_on_vgg():
     ("vgg11-bn", {"width": 0.125}, True),
 ])
 def test_units_method_prunes_graph_models_end_to_end(tmp_path, name, opts, mr):
-    data = tiny_images()
+    data = tiny_images(n_train=32, n_test=16)
     torch.manual_seed(0)
     model = build_model(name, data.input_shape, data.num_classes, **opts)
     method = UnitPruning(fraction=0.25, rounds=2, score_steps=1, mean_replacement=mr)
@@ -212,7 +200,7 @@ def test_units_mean_replacement_changes_nothing_at_prune_time_in_eval():
 
 
 def test_units_refusals():
-    data = tiny_images()
+    data = tiny_images(n_train=32, n_test=16)
     torch.manual_seed(0)
     wrn = build_model("wrn-16-4", data.input_shape, data.num_classes, width=0.0625)
     cfg = TrainConfig(epochs=2, batch_size=16, eval_train=False)

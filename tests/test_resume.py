@@ -124,26 +124,26 @@ def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x + 0.3 * torch.randn(x.shape, generator=g, device=x.device)
 
 
+def _fit_mlp(data, cfg: TrainConfig, out: Path, method=None):
+    """Train a fresh, seeded 6-8-3 MLP on `data` in `out`, resuming from a checkpoint there."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    return Trainer(model, data, cfg, method, out_dir=out, resume=True, progress=False).fit()
+
+
 def test_mid_epoch_resume_replays_the_augmentation_generator(tmp_path):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(96, 6, generator=g), torch.arange(96) % 3
     data = Dataset("aug", x, y, x[:32], y[:32], 3, augment=_shift)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05)
 
-    def fit(out, method=None):
-        torch.manual_seed(1)
-        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(),
-                                    torch.nn.Linear(8, 3))
-        return Trainer(model, data, cfg, method, out_dir=out, resume=True,
-                       progress=False).fit()
-
-    full = fit(tmp_path / "a")
+    full = _fit_mlp(data, cfg, tmp_path / "a")
     with pytest.raises(RunInterrupted):
-        fit(tmp_path / "b", _interrupt_at(build_method("dense"), 3))  # batch 3 of 6
+        _fit_mlp(data, cfg, tmp_path / "b", _interrupt_at(build_method("dense"), 3))  # batch 3 of 6
     ckpt = torch.load(tmp_path / "b" / "resume.pt", weights_only=False)
     assert (ckpt["epoch"], ckpt["batch"], ckpt["epoch_done"]) == (1, 3, False)
     assert ckpt["augment_rng"] is not None
-    resumed = fit(tmp_path / "b")
+    resumed = _fit_mlp(data, cfg, tmp_path / "b")
     assert _same(full.final_state, resumed.final_state)
     assert [m["train_loss"] for m in full.metrics] == [m["train_loss"] for m in resumed.metrics]
 
@@ -169,17 +169,11 @@ def test_mid_epoch_resume_of_a_streamed_source(tmp_path):
     data = stream(_Noisy(80), _Noisy(20))
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, eval_train=False)
 
-    def fit(out, method=None):
-        torch.manual_seed(1)
-        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(),
-                                    torch.nn.Linear(8, 3))
-        return Trainer(model, data, cfg, method, out_dir=out, resume=True,
-                       progress=False).fit()
-
-    full = fit(tmp_path / "a")
+    full = _fit_mlp(data, cfg, tmp_path / "a")
     with pytest.raises(RunInterrupted):
-        fit(tmp_path / "b", _interrupt_at(build_method("dense"), 7))  # batch 2 of epoch 2
-    resumed = fit(tmp_path / "b")
+        # stops at batch 2 of epoch 2
+        _fit_mlp(data, cfg, tmp_path / "b", _interrupt_at(build_method("dense"), 7))
+    resumed = _fit_mlp(data, cfg, tmp_path / "b")
     assert _same(full.final_state, resumed.final_state)
 
 
