@@ -37,7 +37,43 @@ def _maps_zero_to_zero(act: nn.Module) -> bool:
         return bool(act(torch.zeros(4)).abs().max() == 0)
 
 
-class BernoulliGates:
+class Gates:
+    """What every gate set offers `prunelab.methods.bernoulli`: the thetas (by layer or group
+    name), the hooks' removal, and the masks and counts they imply. `BernoulliGates` (chains)
+    and `prunelab.group_gates.GroupGates` (channel groups) fill in `theta`, `features` and
+    `_handles` and add the hooks."""
+
+    theta: dict[str, torch.Tensor]
+    features: dict[str, tuple[str, str | None]]
+    _handles: list[torch.utils.hooks.RemovableHandle]
+
+    def remove(self) -> None:
+        """Detach the hooks from the model (the thetas stay)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.theta.values())
+
+    def free(self, name: str) -> torch.Tensor:
+        """Units (channels) whose gate is still stochastic (0 < theta < 1)."""
+        t = self.theta[name].detach()
+        return (t > 0) & (t < 1)
+
+    def unit_masks(self, rule: str = "alive") -> dict[str, torch.Tensor]:
+        """Bool unit masks of the gated layers or groups (feature sites excluded): 'alive' =
+        theta > 0 (not removed), 'final' = theta >= 0.5."""
+        th = {n: t.detach() for n, t in self.theta.items() if n not in self.features}
+        if rule == "alive":
+            return {n: t > 0 for n, t in th.items()}
+        return {n: t >= 0.5 for n, t in th.items()}
+
+    def counts(self) -> dict[str, int]:
+        return {n: int((t.detach() > 0).sum()) for n, t in self.theta.items()}
+
+
+class BernoulliGates(Gates):
     """Gates for the hidden Linear/Conv2d layers of a chain, one theta vector per layer.
 
     `theta` maps layer name -> float tensor over its units (a leaf with requires_grad, owned
@@ -168,32 +204,6 @@ class BernoulliGates:
             return output * xi
 
         return hook
-
-    def remove(self) -> None:
-        """Detach the hooks from the model (the thetas stay)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    # ------------------------------------------------------------------ state
-    def parameters(self) -> list[torch.Tensor]:
-        return list(self.theta.values())
-
-    def free(self, name: str) -> torch.Tensor:
-        """Units whose gate is still stochastic (0 < theta < 1)."""
-        t = self.theta[name].detach()
-        return (t > 0) & (t < 1)
-
-    def unit_masks(self, rule: str = "alive") -> dict[str, torch.Tensor]:
-        """Bool unit masks of the gated layers (feature sites excluded): 'alive' = theta > 0
-        (not removed), 'final' = theta >= 0.5."""
-        th = {n: t.detach() for n, t in self.theta.items() if n not in self.features}
-        if rule == "alive":
-            return {n: t > 0 for n, t in th.items()}
-        return {n: t >= 0.5 for n, t in th.items()}
-
-    def counts(self) -> dict[str, int]:
-        return {n: int((t.detach() > 0).sum()) for n, t in self.theta.items()}
 
 
 def _flat(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from prunelab.errors import ConfigError
-from prunelab.gates import sample
+from prunelab.gates import Gates, sample
 from prunelab.groups import Group, Member
 
 
-class GroupGates:
+class GroupGates(Gates):
     """Gates for the channel groups of a graph model, one theta vector per group (by group
     name). `forced` ({group -> (batch, channels)}) overrides sampling; `last_xi` holds the hard
     gates of the latest training forward pass; `theta_grad` False builds no gradient path."""
@@ -112,26 +112,5 @@ class GroupGates:
 
     def remove(self) -> None:
         """Detach the hooks from the model (the thetas stay)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        super().remove()
         self._xi = {}
-
-    # ------------------------------------------------------------------ state
-    def parameters(self) -> list[torch.Tensor]:
-        return list(self.theta.values())
-
-    def free(self, name: str) -> torch.Tensor:
-        """Channels whose gate is still stochastic (0 < theta < 1)."""
-        t = self.theta[name].detach()
-        return (t > 0) & (t < 1)
-
-    def unit_masks(self, rule: str = "alive") -> dict[str, torch.Tensor]:
-        """Bool channel masks per group: 'alive' = theta > 0, 'final' = theta >= 0.5."""
-        th = {n: t.detach() for n, t in self.theta.items()}
-        if rule == "alive":
-            return {n: t > 0 for n, t in th.items()}
-        return {n: t >= 0.5 for n, t in th.items()}
-
-    def counts(self) -> dict[str, int]:
-        return {n: int((t.detach() > 0).sum()) for n, t in self.theta.items()}

@@ -351,8 +351,10 @@ def method_config(s: Settings, plan: ModelPlan, method: str, sparsity: float, se
 
 
 def _flops(cfg: RunConfig, data: Dataset, phases, dense_gradient_steps: int,
-           reference: nn.Module, steps: int) -> dict[str, Any]:
-    """Training FLOPs of a run, also as a fraction of dense training of the full model."""
+           plan: ModelPlan, steps: int) -> dict[str, Any]:
+    """Training FLOPs of a run, also as a fraction of dense training of the full model (the
+    plan's; built first, as the runs stored so far did, so the generators end where they did)."""
+    reference = build_model(plan.model, data.input_shape, data.num_classes, **plan.options)
     model = build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options)
     out = training_flops(model, data.input_shape, cfg.train.batch_size, phases,
                          dense_gradient_steps=dense_gradient_steps)
@@ -382,15 +384,8 @@ class Runner:
             else:
                 method = build_method(cfg.method, **cfg.method_options)
             t = time.perf_counter()
-            try:
-                res = train_run(cfg, data=data, method=method, progress=self.progress)
-            except ConfigError as exc:
-                if not str(exc).startswith("training diverged"):
-                    raise
-                return diverged(str(exc))
+            res = train_run(cfg, data=data, method=method, progress=self.progress)
             seconds = time.perf_counter() - t
-            reference = build_model(plan.model, data.input_shape, data.num_classes,
-                                    **plan.options)
             steps = res.final["steps"]
             if cfg.method == "gmp":
                 phases = phases_from_trace(method.trace, steps)
@@ -400,7 +395,7 @@ class Runner:
             dense_grads = len(updates) if cfg.method == "rigl" else 0
             out = {"final": res.final, "metrics": res.metrics, "final_state": res.final_state,
                    "masks": res.masks, "seconds": seconds,
-                   "flops": _flops(cfg, data, phases, dense_grads, reference, steps),
+                   "flops": _flops(cfg, data, phases, dense_grads, plan, steps),
                    "mask_updates": len(updates),
                    "moved": sum(u["moved_total"] for u in updates)}
             if cfg.method == "gmp":
@@ -419,28 +414,32 @@ class Runner:
                 return diverged("the GMP run whose mask it retrains diverged")
             states = {f"step{plan.rewind_step}": gmp["rewind_state"]}
             t = time.perf_counter()
-            try:
-                res = retrain_from(cfg, gmp["masks"], init, init_states=states, data=data,
-                                   progress=self.progress)
-            except ConfigError as exc:
-                if not str(exc).startswith("training diverged"):
-                    raise
-                return diverged(str(exc))
+            res = retrain_from(cfg, gmp["masks"], init, init_states=states, data=data,
+                               progress=self.progress)
             seconds = time.perf_counter() - t
-            reference = build_model(plan.model, data.input_shape, data.num_classes,
-                                    **plan.options)
             steps = res.final["steps"]
             return {"final": res.final, "metrics": res.metrics,
                     "final_state": res.final_state, "masks": res.masks, "seconds": seconds,
-                    "flops": _flops(cfg, data, [(steps, _counts(res.masks))], 0, reference,
-                                    steps), "mask_updates": 0, "moved": 0}
+                    "flops": _flops(cfg, data, [(steps, _counts(res.masks))], 0, plan, steps),
+                    "mask_updates": 0, "moved": 0}
 
         return self._timed(label, self._spec(cfg, data_key, init=init, mask_from=gmp_spec),
                            work)
 
     def _timed(self, label: str, spec: dict[str, Any], work) -> dict[str, Any]:
+        """Run `work` (or read it back) and log it; a run whose training diverges is stored as
+        `diverged`."""
+
+        def guarded() -> dict[str, Any]:
+            try:
+                return work()
+            except ConfigError as exc:
+                if not str(exc).startswith("training diverged"):
+                    raise
+                return diverged(str(exc))
+
         hits = self.cache.hits
-        out = self.cache.get_or_run(spec, work)
+        out = self.cache.get_or_run(spec, guarded)
         out["spec_hash"] = spec_key(spec)
         split = "validation" if spec["data"]["split"] != "train" else "test"
         how = "stored" if self.cache.hits > hits else f"{out['seconds']:.0f} s"
