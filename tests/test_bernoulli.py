@@ -387,6 +387,60 @@ def test_reproduction_refuses_a_plan_without_x1_runs_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_reproduction_in_forked_processes_gives_the_same_runs(tmp_path, monkeypatch):
+    from conftest import shared_data_dir
+
+    monkeypatch.setenv("PRUNELAB_DATA", str(shared_data_dir()))
+    from prunelab.experiments.bernoulli import QUICK_GATED_OPTIONS, QUICK_OPTIONS, run
+
+    plan = {"models": ["lenet-300-100"], "n_train": 1000, "epochs": {"lenet-300-100": 2},
+            "runs": [(1, 0), (2, 0)],
+            "dense_seeds": [0, 1], "scratch": True, "options": QUICK_OPTIONS,
+            "gated_seeds": [0], "gated_options": QUICK_GATED_OPTIONS}
+
+    def timeless(res):
+        runs = [{k: v for k, v in r.items() if k != "seconds"} for r in res["runs"]]
+        model = res["models"]["lenet-300-100"]
+        return (runs, model["dense"]["seed_errors_pct"], model["scratch"]["seed_errors_pct"],
+                [c["estimate"] for c in res["claims"] if "wall-time" not in c["name"]],
+                [(e["what"], e["metric"], e["count"]) for e in res["test_evaluations"]])
+
+    one = run(tmp_path / "one", progress=False, log=lambda s: None, plan=plan)
+    two = run(tmp_path / "two", progress=False, log=lambda s: None,
+              plan={**plan, "processes": 2})
+    assert len(one["runs"]) == 3
+    assert timeless(one) == timeless(two)
+
+    # a killed attempt keeps its finished runs: the next one trains only the rest
+    import prunelab.experiments.bernoulli as bernoulli
+
+    calls, real, killed = [], bernoulli._job, []
+
+    def killed_at_the_third(*args):
+        calls.append(args[1:4])
+        if len(calls) == 3 and not killed:
+            killed.append(True)
+            raise RuntimeError("killed")
+        return real(*args)
+
+    monkeypatch.setattr(bernoulli, "_job", killed_at_the_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "three", progress=False, log=lambda s: None, plan=plan)
+    calls.clear()
+    three = run(tmp_path / "three", progress=False, log=lambda s: None, plan=plan)
+    assert len(calls) == len(one["test_evaluations"]) - 2
+    assert timeless(three) == timeless(one)
+
+
+@pytest.mark.parametrize("processes", [0, -1, 1.5, True])
+def test_reproduction_refuses_a_bad_process_count_before_training(tmp_path, processes):
+    from prunelab.experiments.bernoulli import run
+
+    with pytest.raises(ConfigError, match="processes must be an integer >= 1"):
+        run(tmp_path / "out", plan={"processes": processes}, log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_robustness_table_groups_runs_by_start_width():
     from prunelab.experiments.bernoulli import _dense_reference, _robustness_rows
 

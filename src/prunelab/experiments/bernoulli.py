@@ -45,10 +45,11 @@ LeNet-5 hours on a laptop CPU; minutes on a GPU with `PRUNELAB_DEVICE=cuda`).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ from prunelab.models import mlp
 from prunelab.report import figure_title, markdown_table, new_figure, save_figure, text_table
 from prunelab.seed_noise import error_variance_split, misclassified
 from prunelab.shrink import architecture, from_architecture, kept_input_mask
+from prunelab.subruns import SubrunCache
 from prunelab.threads import torch_threads
 from prunelab.train import Trainer, preload_optimizers
 
@@ -262,6 +264,12 @@ def _check_plan(plan: dict[str, Any]) -> None:
         raise ConfigError(f"the plan's runs {plan['runs']} have no x1 run (width factor 1); "
                           "the study compares the x1 networks with the published baselines "
                           "and with dense training: add at least one (1, seed) run")
+    processes = plan.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"the plan's processes must be an integer >= 1, got {processes!r}")
+    if processes > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        raise ConfigError("the plan's processes > 1 needs the fork start method, which this "
+                          "platform lacks: use processes=1")
     if plan["options"].get("gate_inputs"):
         raise ConfigError("the plan's main options gate the inputs; the main runs keep them "
                           "whole: gate them in the input-gated runs instead (plan keys "
@@ -432,6 +440,79 @@ def _scratch_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "gap_pts": gaps, "gap_mean_pts": statistics.mean(gaps)}
 
 
+def _job_title(kind: str, job: str, factor: int, seed: int, scratch: bool) -> str:
+    """How a run is named in the firewall's record of test evaluations."""
+    if job == "gated":
+        return f"{kind} bernoulli x1 inputs gated seed {seed}"
+    twin = " and its scratch twin" if job == "bernoulli" and factor == 1 and scratch else ""
+    return f"{kind} {job} x{factor} seed {seed}{twin}"
+
+
+def _job(kind: str, job: str, factor: int, seed: int, epochs: int, options: dict[str, Any],
+         scratch: bool, device: str, progress: bool | None, data) -> dict[str, Any]:
+    """One run of the plan on `data` (test split readable): {"dense": ...} for a dense run;
+    {"row", "trajectory", "scratch"} for a Bernoulli run (the scratch twin trained after it
+    when `scratch`). Every run seeds itself, so where it runs does not change it."""
+    if job == "dense":
+        res, model, secs = _train(kind, 1, seed, data, epochs, PruningMethod(), device, progress)
+        rep = sparsity_report(model, None, data.input_shape)["global"]
+        return {"dense": {"seed": seed, "test_error_pct": 100 * (1 - res.final["test_accuracy"]),
+                          "params": rep["params"], "flops": rep["flops_dense"], "seconds": secs,
+                          "test_mistakes": misclassified(model, data.x_test, data.y_test)}}
+    method = BernoulliGating(n_train=data.n_train, **options)
+    res, model, secs = _train(kind, factor, seed, data, epochs, method, device, progress)
+    row = _run_row(kind, factor, seed, res, model, secs, method, data.input_shape,
+                   misclassified(model, data.x_test, data.y_test))
+    row["inputs_gated"] = job == "gated"
+    return {"row": row, "trajectory": method.trajectory if factor == 1 and seed == 0 else None,
+            "scratch": _scratch_twin(kind, row, model, data, epochs, device, progress)
+            if scratch else None}
+
+
+def _stored_job(spec: tuple, data, cache: SubrunCache) -> dict[str, Any]:
+    """`_job`, or its result read back from `cache` (a finished run of an earlier, killed
+    attempt at the same output)."""
+    kind, job, factor, seed, epochs, options, scratch, device, _ = spec
+    key = {"study": "bernoulli", "kind": kind, "job": job, "factor": factor, "seed": seed,
+           "epochs": epochs, "options": options if job != "dense" else None,
+           "scratch": scratch, "device": device, "data": data.name,
+           "n_train": data.n_train, "n_test": data.n_test}
+    return cache.get_or_run(key, lambda: _job(*spec, data))
+
+
+_FORKED: tuple[Any, SubrunCache] | None = None  # what forked job processes inherit
+
+
+def _forked_job(spec: tuple) -> dict[str, Any]:
+    assert _FORKED is not None
+    with torch_threads(1):
+        return _stored_job(spec, *_FORKED)
+
+
+def _map_jobs(specs: list[tuple], data, cache: SubrunCache, processes: int
+              ) -> Iterator[dict[str, Any]]:
+    """`_stored_job` over `specs` in order, in this process or in `processes` forked processes
+    (one torch thread each; the data is inherited, not copied through a pipe)."""
+    if processes <= 1:
+        for spec in specs:
+            yield _stored_job(spec, data, cache)
+        return
+    global _FORKED
+    _ = cache.directory  # claimed here, before the processes that write into it are forked
+    _FORKED = (data, cache)
+    # the wider starts first (they take longest; a late one would leave a process idle), the
+    # dense and x1 runs after them in plan order, so each seed's pair still runs side by side
+    first = sorted(range(len(specs)), key=lambda i: -(specs[i][2] if specs[i][1] != "dense"
+                                                      else 1))
+    try:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            pending = {i: pool.apply_async(_forked_job, (specs[i],)) for i in first}
+            for i in range(len(specs)):
+                yield pending[i].get()
+    finally:
+        _FORKED = None
+
+
 def _schedule(dense_seeds: list[int], runs: list[tuple[int, int]]
               ) -> list[tuple[str, int, int]]:
     """Execution order: each dense seed next to the x1 Bernoulli run of the same seed, which
@@ -452,9 +533,14 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         log: Callable[[str], None] = print, plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the study and write report.md, results.json and figures/ into `out` atomically
     (`plan` overrides parts of `default_plan(quick)`, e.g. fewer runs); single-threaded, the
-    thread count restored after."""
+    thread count restored after. Plan key `processes` (default 1) trains that many runs at a
+    time in forked processes, one torch thread each; the results are the same bit for bit,
+    as every run seeds itself. Each finished run is kept (`prunelab.subruns`), so a killed
+    attempt at the same `out` continues where it stopped."""
     plan = {**default_plan(quick), **(plan or {})}
     _check_plan(plan)
+    processes = plan.get("processes", 1)
+    cache = SubrunCache.for_output(out)  # finished runs of a killed attempt are read back
     device = os.environ.get("PRUNELAB_DEVICE", "cpu")
     data_dir = os.environ.get("PRUNELAB_DATA")
     opts = {"n_train": plan["n_train"]} if plan["n_train"] else {}
@@ -478,42 +564,36 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
         jobs = _schedule(plan["dense_seeds"] or [0], plan["runs"])
         if kind == "lenet-300-100":  # the papers count input units for the MLP
             jobs += [("gated", 1, s) for s in gated_seeds]
-        for job, factor, seed in jobs:
-            what = (f"{kind} bernoulli x1 inputs gated seed {seed}" if job == "gated" else
-                    f"{kind} {job} x{factor} seed {seed}" + (
-                        " and its scratch twin" if job == "bernoulli" and factor == 1
-                        and plan.get("scratch") else ""))
+        whats = [_job_title(kind, job, factor, seed, bool(plan.get("scratch")))
+                 for job, factor, seed in jobs]
+        # every test evaluation is recorded, in plan order, before the runs start
+        data = None
+        for what in whats:
             data = fw.test(sealed, what, "test error (each epoch; the last reported), "
                            "misclassified test examples")
+        specs = [(kind, job, factor, seed, epochs,
+                  plan["gated_options"] if job == "gated" else plan["options"],
+                  job == "bernoulli" and factor == 1 and bool(plan.get("scratch")),
+                  device, progress) for job, factor, seed in jobs]
+        for (job, factor, seed), done in zip(jobs, _map_jobs(specs, data, cache, processes)):
             if job == "dense":
-                res, model, secs = _train(kind, 1, seed, data, epochs, PruningMethod(), device,
-                                          progress)
-                rep = sparsity_report(model, None, data.input_shape)["global"]
-                dense_runs.append({"seed": seed, "test_error_pct": 100 * (1 - res.final[
-                    "test_accuracy"]), "params": rep["params"], "flops": rep["flops_dense"],
-                    "seconds": secs, "test_mistakes": misclassified(model, data.x_test,
-                                                                    data.y_test)})
+                dense_runs.append(done["dense"])
                 log(f"{kind} dense x1 seed {seed}: error "
-                    f"{dense_runs[-1]['test_error_pct']:.2f}% in {secs:.1f}s")
+                    f"{dense_runs[-1]['test_error_pct']:.2f}% in {done['dense']['seconds']:.1f}s")
                 continue
-            options = plan["gated_options"] if job == "gated" else plan["options"]
-            method = BernoulliGating(n_train=data.n_train, **options)
-            res, model, secs = _train(kind, factor, seed, data, epochs, method, device, progress)
-            row = _run_row(kind, factor, seed, res, model, secs, method, data.input_shape,
-                           misclassified(model, data.x_test, data.y_test))
-            row["inputs_gated"] = job == "gated"
+            row = done["row"]
             log(f"{kind} x{factor}{' inputs gated' if job == 'gated' else ''} seed {seed}: "
                 f"{row['start']} -> {row['final']}, error {row['test_error_pct']:.2f}%, "
-                f"training FLOPs saved {100 * row['train_flops_saved']:.0f}%, {secs:.1f}s")
+                f"training FLOPs saved {100 * row['train_flops_saved']:.0f}%, "
+                f"{row['seconds']:.1f}s")
             if job == "gated":
                 gated_rows.append(row)
                 continue
             by_run[factor, seed] = row
             if factor == 1 and seed == 0:
-                trajectories[kind] = method.trajectory
-            if factor == 1 and plan.get("scratch"):
-                scratch_runs.append(_scratch_twin(kind, row, model, data, epochs, device,
-                                                  progress))
+                trajectories[kind] = done["trajectory"]
+            if done.get("scratch") is not None:
+                scratch_runs.append(done["scratch"])
                 log(f"{kind} scratch {row['final']} seed {seed}: error "
                     f"{scratch_runs[-1]['test_error_pct']:.2f}%")
         dense[kind] = _dense_reference(dense_runs)
