@@ -11,11 +11,13 @@ once, the order alternating; the medians are compared:
 
     streamed (W workers) / in-memory    target <= 1.15   (each form)
 
-A per-sample stream with no workers (everything in the training process) is timed as a
-reference, and so is the batched stream with its workers forked under torch's "file_system"
-sharing strategy (skip with --no-file-system): the default strategy passes each batch
-tensor's file descriptor over a fresh socket connection, which costs the training process CPU
-per batch. The training process's own CPU time is recorded too: with workers it shows how much
+The stream's workers send batches under torch's "file_system" sharing strategy (set in
+the workers only: `StreamingSource(worker_sharing=...)`). A per-sample stream with no workers
+(everything in the training process) is timed as a reference, and so is the batched stream
+with workers sending under torch's default "file_descriptor" strategy (skip with
+--no-file-descriptor), which passes each batch tensor's descriptor over a fresh socket
+connection and costs the training process CPU per batch.
+The training process's own CPU time is recorded too: with workers it shows how much
 of the loading left the training process; what the wall time adds is waiting for workers.
 
 Run: .venv/bin/python benchmarks/streaming_vs_memory.py [--rounds 7] [--workers 2]
@@ -90,7 +92,7 @@ def epoch(model: nn.Module, data: Any, seed: int) -> tuple[float, float, nn.Modu
 
 
 def run(rounds: int, n_train: int, n_test: int, workers: int, seed: int,
-        file_system: bool = True) -> dict[str, Any]:
+        file_descriptor: bool = True) -> dict[str, Any]:
     preload_optimizers()
     memory, streams = make_data(n_train, n_test, seed)
     sources = {
@@ -99,19 +101,14 @@ def run(rounds: int, n_train: int, n_test: int, workers: int, seed: int,
         f"batched_{workers}_workers": stream(*streams["batched"], workers=workers),
         "per_sample_0_workers": stream(*streams["per_sample"], workers=0),
     }
-    strategy = {}  # sharing strategy the variant's (persistent) workers are forked under
-    if file_system:
-        name = f"batched_{workers}_workers_file_system"
-        sources[name] = stream(*streams["batched"], workers=workers)
-        strategy[name] = "file_system"
+    if file_descriptor:
+        sources[f"batched_{workers}_workers_file_descriptor"] = stream(
+            *streams["batched"], workers=workers, worker_sharing="file_descriptor")
     torch.manual_seed(seed)
     init = build_model("lenet-300-100", (1, 28, 28), 10)
     finals = {}
-    default = torch.multiprocessing.get_sharing_strategy()
     for name, data in sources.items():  # warm-up (starts the persistent workers) + check
-        torch.multiprocessing.set_sharing_strategy(strategy.get(name, default))
         finals[name] = epoch(copy.deepcopy(init), data, seed)[2].state_dict()
-    torch.multiprocessing.set_sharing_strategy(default)
     same = all(all(torch.equal(finals["in_memory"][k], f[k]) for k in f)
                for f in finals.values())
     names = list(sources)
@@ -142,7 +139,7 @@ def run(rounds: int, n_train: int, n_test: int, workers: int, seed: int,
         "ratio_over_in_memory": ratios, "paired_ratio_over_in_memory": paired,
         "target_max": TARGET,
         "pass": {k: ratios[k] <= TARGET for k in names[1:]
-                 if not k.endswith(("_0_workers", "_file_system"))},
+                 if not k.endswith(("_0_workers", "_file_descriptor"))},
         "same_weights_all_paths": same,
     }
 
@@ -155,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the trainer (1)")
-    ap.add_argument("--no-file-system", dest="file_system", action="store_false",
-                    help="skip the file_system sharing-strategy reference variant")
+    ap.add_argument("--no-file-descriptor", dest="file_descriptor", action="store_false",
+                    help="skip the reference variant whose workers send under torch's default "
+                         "file_descriptor strategy")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     res = run(args.rounds, args.n_train, args.n_test, args.workers, args.seed,
-              args.file_system)
+              args.file_descriptor)
     med = res["median_epoch_seconds"]
     print("median epoch: " + ", ".join(f"{k} {v:.3f} s" for k, v in med.items()))
     print("median CPU seconds of the training process: " + ", ".join(

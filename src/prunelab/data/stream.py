@@ -15,6 +15,7 @@ called when it has one); prunelab only iterates it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -120,6 +121,19 @@ class _SeededFetch(TorchDataset):
             gen.set_state(state)
 
 
+WORKER_SHARING = "file_system"
+
+
+def _worker_sharing(strategy: str, worker_id: int) -> None:
+    """DataLoader worker init: hand batches to the training process under `strategy`. The
+    sending process's strategy decides how a tensor crosses (`reduce_storage` and the
+    collate's shared allocation read it), so this changes nothing in the training process.
+    Under torch's default `file_descriptor` each batch tensor's descriptor travels over a
+    fresh socket connection, which costs the receiving training process ~1 ms of CPU a batch
+    (benchmarks/RESULTS.md, streaming_vs_memory)."""
+    torch.multiprocessing.set_sharing_strategy(strategy)
+
+
 def _iterate(loader: Any) -> Iterator[Any]:
     """Iterate a loader; a DataError raised in a worker comes back as its own one line (the
     DataLoader re-raises it with the worker's traceback folded into the message)."""
@@ -172,7 +186,10 @@ class StreamingSource(DataSource):
     DataLoaders (used as given). `train_eval`: the training set without augmentation, for
     evaluating on it and scoring (default: `train` itself). `workers`, `pin_memory` (default:
     when CUDA is available), `persistent_workers`, `prefetch_factor`, `collate_fn` configure
-    the DataLoaders built over Datasets. `num_classes` and `input_shape` are read off the data
+    the DataLoaders built over Datasets; `worker_sharing` is the torch sharing strategy the
+    loader workers send batches with (default "file_system", cheaper for the training process
+    than torch's default; None: whatever the process uses), set in the workers only.
+    `num_classes` and `input_shape` are read off the data
     when not given (`classes`/`targets` attributes, the first sample)."""
 
     def __init__(
@@ -190,6 +207,7 @@ class StreamingSource(DataSource):
         persistent_workers: bool = True,
         prefetch_factor: int | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        worker_sharing: str | None = WORKER_SHARING,
         meta: dict[str, Any] | None = None,
     ):
         for what, d in (("train", train), ("test", test)):
@@ -201,6 +219,11 @@ class StreamingSource(DataSource):
                                   "order: wrap it in a DataLoader and pass that")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"workers must be an integer >= 0, got {workers!r}")
+        strategies = torch.multiprocessing.get_all_sharing_strategies()
+        if worker_sharing is not None and worker_sharing not in strategies:
+            raise ConfigError(f"worker_sharing must be one of {sorted(strategies)} or None, "
+                              f"got {worker_sharing!r}")
+        self.worker_sharing = worker_sharing
         self.train, self.test = train, test
         base = train.dataset if isinstance(train, DataLoader) else train
         self.train_eval = train_eval if train_eval is not None else base
@@ -255,6 +278,9 @@ class StreamingSource(DataSource):
                 extra["persistent_workers"] = self.persistent_workers
                 if self.prefetch_factor is not None:
                     extra["prefetch_factor"] = self.prefetch_factor
+                if self.worker_sharing is not None:
+                    extra["worker_init_fn"] = functools.partial(_worker_sharing,
+                                                                self.worker_sharing)
             # its own generator: a loader draws its workers' base seed from it at every
             # epoch, which would otherwise advance the process's global RNG
             loader = DataLoader(_SeededFetch(dataset), batch_sampler=sampler,
@@ -306,7 +332,8 @@ class StreamingSource(DataSource):
         return {"num_classes": self.num_classes, "input_shape": self._input_shape,
                 "class_names": self.class_names, "workers": self.workers,
                 "pin_memory": self.pin_memory, "persistent_workers": self.persistent_workers,
-                "prefetch_factor": self.prefetch_factor, "collate_fn": self.collate_fn}
+                "prefetch_factor": self.prefetch_factor, "collate_fn": self.collate_fn,
+                "worker_sharing": self.worker_sharing}
 
     def holdout_validation(self, fraction: float, seed: int = 0) -> StreamingSource:
         """A copy that trains on the rest of the training set and evaluates on a seeded,
