@@ -178,6 +178,63 @@ def test_augmentation_is_a_function_of_seed_epoch_and_sample_whatever_the_worker
     assert torch.equal(again, runs[0][0])
 
 
+class _NoisyBatched(_Noisy):
+    """Batched fetch (`__getitems__`) with augmentation drawn once per batch."""
+
+    def __getitems__(self, indices):
+        t = torch.as_tensor(indices)
+        return list(zip((self.x[t] + torch.rand(self.x[t].shape)).unbind(0), self.y[t]))
+
+
+@pytest.mark.parametrize("cls", [_Noisy, _NoisyBatched])
+def test_transfers_of_several_batches_give_the_same_batches_as_one_at_a_time(cls):
+    data = _images(n_train=50, n_test=23)
+    served = {}
+    for name, options in (("in-process", {"workers": 0}),
+                          ("one per transfer", {"workers": 2, "transfer_bytes": 0}),
+                          ("grouped", {"workers": 2})):
+        src = stream(cls(data.x_train, data.y_train), TensorDataset(data.x_test, data.y_test),
+                     num_classes=3, **options)
+        # 50 samples in batches of 6: eight full and a last one of 2, from batch 3 on too
+        served[name] = ([b for e in (1, 2) for b in src.train_batches(e, 6, seed=4)]
+                        + list(src.train_batches(1, 6, seed=4, start=3))
+                        + list(src.eval_batches("test", 5)))
+        if name == "grouped":  # 256 bytes a sample: eight batches of 6 in one transfer
+            loader, sampler = src._loaders["fit", 6]
+            assert sampler.group == 8 and len(sampler.batches) == 1
+            assert [len(b) for b in sampler.batches] == [50 - 18]
+        src.close()
+    ref = served["in-process"]
+    assert [len(b[0]) for b in ref[:9]] == [6] * 8 + [2]
+    for name in ("one per transfer", "grouped"):
+        assert len(served[name]) == len(ref)
+        for (x, y), (rx, ry) in zip(served[name], ref):
+            assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_a_transfer_splits_back_into_its_collated_batches():
+    from collections import namedtuple
+
+    from torch.utils.data._utils.collate import default_collate
+
+    from prunelab.data.stream import split_batches
+
+    Pair = namedtuple("Pair", "x y")
+    samples = [Pair(torch.full((2,), float(i)), {"label": i, "w": torch.tensor([i])})
+               for i in range(7)]
+    sizes = [3, 3, 1]
+    parts = split_batches(default_collate(samples), sizes)
+    at = 0
+    for part, size in zip(parts, sizes):
+        want = default_collate(samples[at : at + size])
+        assert type(part) is Pair and torch.equal(part.x, want.x)
+        assert torch.equal(part.y["label"], want.y["label"])
+        assert torch.equal(part.y["w"], want.y["w"])
+        at += size
+    with pytest.raises(TypeError, match="cannot split"):
+        split_batches("text", sizes)
+
+
 class _Broken(Dataset):
     def __len__(self):
         return 8
@@ -255,6 +312,10 @@ def test_bad_sources_are_refused_in_one_line():
         stream(_Noisy(torch.zeros(4, 2), [0, 1, 0, 1]), _Noisy(torch.zeros(4, 2), [0] * 4))
     with pytest.raises(ConfigError, match="workers"):
         _streamed(_images(), workers=-1)
+    with pytest.raises(ConfigError, match="transfer_bytes"):
+        _streamed(_images(), workers=2, transfer_bytes=-1)
+    with pytest.raises(ConfigError, match="worker_sharing"):
+        _streamed(_images(), workers=2, worker_sharing="telepathy")
 
 
 # ------------------------------------------------------------------ precision, memory format

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -51,25 +52,34 @@ def sample_seed(epoch_seed: int, index: int) -> int:
 
 
 class _Indices(list):
-    """One batch of sample indices carrying its epoch's augmentation seed to the workers."""
+    """The sample indices of one transfer from a worker, carrying its epoch's augmentation
+    seed and the sizes of the batches it holds (consecutive; one batch: one size)."""
 
-    def __init__(self, indices: Sequence[int], seed: int | None):
+    def __init__(self, indices: Sequence[int], seed: int | None,
+                 sizes: Sequence[int] | None = None):
         super().__init__(indices)
         self.seed = seed
+        self.sizes = list(sizes) if sizes is not None else [len(self)]
 
 
 class _Batches:
-    """A batch sampler over a fixed list of batches; `set` swaps them between epochs, so one
-    DataLoader (and its persistent workers) serves every epoch."""
+    """A batch sampler over a fixed list of transfers of `group` consecutive batches each;
+    `set` swaps them between epochs, so one DataLoader (and its persistent workers) serves
+    every epoch."""
 
-    def __init__(self) -> None:
+    def __init__(self, group: int = 1) -> None:
+        self.group = group
         self.batches: list[_Indices] = []
 
     def set(self, order: torch.Tensor, batch_size: int, seed: int | None, start: int = 0
             ) -> None:
-        idx = order.tolist()
-        self.batches = [_Indices(idx[i : i + batch_size], seed)
-                        for i in range(start * batch_size, len(idx), batch_size)]
+        idx = order.tolist()[start * batch_size:]
+        step = batch_size * self.group
+        self.batches = []
+        for i in range(0, len(idx), step):
+            chunk = idx[i : i + step]
+            sizes = [len(chunk[j : j + batch_size]) for j in range(0, len(chunk), batch_size)]
+            self.batches.append(_Indices(chunk, seed, sizes))
 
     def __iter__(self) -> Iterator[_Indices]:
         return iter(self.batches)
@@ -109,9 +119,14 @@ class _SeededFetch(TorchDataset):
         gen = torch.default_generator
         state = gen.get_state()
         try:
-            if self._batched is not None:
-                gen.manual_seed(sample_seed(seed, indices[0]))
-                return self._batched(list(indices))
+            if self._batched is not None:  # batch by batch, as if each came on its own
+                out, at = [], 0
+                for size in getattr(indices, "sizes", [len(indices)]):
+                    batch = list(indices[at : at + size])
+                    gen.manual_seed(sample_seed(seed, batch[0]))
+                    out += self._batched(batch)
+                    at += size
+                return out
             out = []
             for i in indices:
                 gen.manual_seed(sample_seed(seed, i))
@@ -122,6 +137,12 @@ class _SeededFetch(TorchDataset):
 
 
 WORKER_SHARING = "file_system"
+# A worker sends up to MAX_GROUP consecutive batches in one transfer of at most TRANSFER_BYTES:
+# each transfer costs the training process ~0.5-1 ms of CPU whatever its size, which small
+# batches of small images (MNIST, 0.4 MB) would pay per batch (benchmarks/RESULTS.md,
+# streaming_vs_memory). Large batches (CIFAR at 512, ImageNet) go one by one.
+TRANSFER_BYTES = 4 << 20
+MAX_GROUP = 8
 
 
 def _worker_sharing(strategy: str, worker_id: int) -> None:
@@ -134,11 +155,39 @@ def _worker_sharing(strategy: str, worker_id: int) -> None:
     torch.multiprocessing.set_sharing_strategy(strategy)
 
 
-def _iterate(loader: Any) -> Iterator[Any]:
+def split_batches(collated: Any, sizes: Sequence[int]) -> list[Any]:
+    """A collated transfer of several consecutive batches split back into the batches, as
+    `default_collate` would have made each (views, no copy): tensors along their first
+    dimension, tuples, lists and dicts element by element."""
+    if isinstance(collated, torch.Tensor):
+        return list(collated.split(list(sizes)))
+    if isinstance(collated, dict):
+        parts = {k: split_batches(v, sizes) for k, v in collated.items()}
+        return [type(collated)({k: p[i] for k, p in parts.items()}) for i in range(len(sizes))]
+    if isinstance(collated, (list, tuple)):
+        parts = [split_batches(v, sizes) for v in collated]
+        rows = [[p[i] for p in parts] for i in range(len(sizes))]
+        if isinstance(collated, tuple) and hasattr(collated, "_fields"):  # a namedtuple
+            return [type(collated)(*r) for r in rows]
+        return [type(collated)(r) for r in rows]
+    raise TypeError(f"cannot split a collated {type(collated).__name__} into batches")
+
+
+def _iterate(loader: Any, sampler: _Batches | None = None) -> Iterator[Any]:
     """Iterate a loader; a DataError raised in a worker comes back as its own one line (the
-    DataLoader re-raises it with the worker's traceback folded into the message)."""
+    DataLoader re-raises it with the worker's traceback folded into the message). With
+    `sampler` (one of prunelab's, whose transfers may hold several batches), the batches of
+    each transfer are yielded one by one."""
     try:
-        yield from loader
+        if sampler is None or sampler.group == 1:
+            yield from loader
+            return
+        chunks = list(sampler.batches)  # this epoch's transfers, in the loader's order
+        for collated, chunk in zip(loader, chunks):
+            if len(chunk.sizes) == 1:
+                yield collated
+            else:
+                yield from split_batches(collated, chunk.sizes)
     except DataError as exc:
         msg = str(exc)
         if "Traceback" in msg and "DataError: " in msg:
@@ -188,7 +237,9 @@ class StreamingSource(DataSource):
     when CUDA is available), `persistent_workers`, `prefetch_factor`, `collate_fn` configure
     the DataLoaders built over Datasets; `worker_sharing` is the torch sharing strategy the
     loader workers send batches with (default "file_system", cheaper for the training process
-    than torch's default; None: whatever the process uses), set in the workers only.
+    than torch's default; None: whatever the process uses), set in the workers only;
+    `transfer_bytes` bounds a worker's transfer of several consecutive batches at once (0: one
+    batch per transfer), which the training process splits back into the same batches.
     `num_classes` and `input_shape` are read off the data
     when not given (`classes`/`targets` attributes, the first sample)."""
 
@@ -208,6 +259,7 @@ class StreamingSource(DataSource):
         prefetch_factor: int | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         worker_sharing: str | None = WORKER_SHARING,
+        transfer_bytes: int = TRANSFER_BYTES,
         meta: dict[str, Any] | None = None,
     ):
         for what, d in (("train", train), ("test", test)):
@@ -224,6 +276,10 @@ class StreamingSource(DataSource):
             raise ConfigError(f"worker_sharing must be one of {sorted(strategies)} or None, "
                               f"got {worker_sharing!r}")
         self.worker_sharing = worker_sharing
+        if isinstance(transfer_bytes, bool) or not isinstance(transfer_bytes, int) \
+                or transfer_bytes < 0:
+            raise ConfigError(f"transfer_bytes must be an integer >= 0, got {transfer_bytes!r}")
+        self.transfer_bytes = transfer_bytes
         self.train, self.test = train, test
         base = train.dataset if isinstance(train, DataLoader) else train
         self.train_eval = train_eval if train_eval is not None else base
@@ -241,9 +297,12 @@ class StreamingSource(DataSource):
         self.num_classes = int(num_classes) if num_classes is not None else \
             _infer_num_classes(self.train_eval, base)
         self.class_names = class_names
+        self._item_bytes = 4  # of an input element (float32 unless the first sample says)
         if input_shape is None:
             first = self.train_eval[0]
             input_shape = tuple(first[0].shape)
+            if isinstance(first[0], torch.Tensor):
+                self._item_bytes = first[0].element_size()
         self._input_shape = tuple(int(s) for s in input_shape)
         self._loaders: dict[tuple[str, int], tuple[DataLoader, _Batches]] = {}
 
@@ -272,7 +331,7 @@ class StreamingSource(DataSource):
                 ) -> tuple[DataLoader, _Batches]:
         key = (kind, batch_size)
         if key not in self._loaders:
-            sampler = _Batches()
+            sampler = _Batches(self._group(batch_size))
             extra: dict[str, Any] = {}
             if self.workers > 0:
                 extra["persistent_workers"] = self.persistent_workers
@@ -289,6 +348,14 @@ class StreamingSource(DataSource):
                                 generator=torch.Generator().manual_seed(0), **extra)
             self._loaders[key] = (loader, sampler)
         return self._loaders[key]
+
+    def _group(self, batch_size: int) -> int:
+        """Batches per transfer from a worker: as many as fit in `transfer_bytes` (at most
+        `MAX_GROUP`), when workers send them through prunelab's own collate; else 1."""
+        if self.workers == 0 or self.collate_fn is not default_collate:
+            return 1
+        batch_bytes = batch_size * self._item_bytes * math.prod(self._input_shape)
+        return max(1, min(MAX_GROUP, self.transfer_bytes // max(1, batch_bytes)))
 
     def train_batches(self, epoch: int, batch_size: int, seed: int = 0, *, rank: int = 0,
                       world: int = 1, start: int = 0) -> Iterator[Batch]:
@@ -307,7 +374,7 @@ class StreamingSource(DataSource):
         order = shard(epoch_order(self._n_train, seed, epoch), rank, world)
         loader, sampler = self._loader("fit", self.train, batch_size)
         sampler.set(order, batch_size, derive_seed(seed, epoch, "augment"), start)
-        return _iterate(loader)
+        return _iterate(loader, sampler)
 
     def _split_data(self, split: str) -> Any:
         return self.train_eval if check_split(split) == "train" else self.test
@@ -318,7 +385,7 @@ class StreamingSource(DataSource):
             return _iterate(data)
         loader, sampler = self._loader(f"eval-{split}", data, batch_size)
         sampler.set(torch.arange(_length(data, split)), batch_size, None)
-        return _iterate(loader)
+        return _iterate(loader, sampler)
 
     def take(self, indices: torch.Tensor, split: str = "train") -> Batch:
         data = self._split_data(split)
@@ -333,7 +400,8 @@ class StreamingSource(DataSource):
                 "class_names": self.class_names, "workers": self.workers,
                 "pin_memory": self.pin_memory, "persistent_workers": self.persistent_workers,
                 "prefetch_factor": self.prefetch_factor, "collate_fn": self.collate_fn,
-                "worker_sharing": self.worker_sharing}
+                "worker_sharing": self.worker_sharing,
+                "transfer_bytes": self.transfer_bytes}
 
     def holdout_validation(self, fraction: float, seed: int = 0) -> StreamingSource:
         """A copy that trains on the rest of the training set and evaluates on a seeded,
