@@ -82,6 +82,9 @@ def test_bernoulli_with_adamw_removes_units_and_finishes(tmp_path):
         (["retrain", "nowhere", "--init", "sideways"], ["--init must be"]),
         (["data", "download", "cifar"], ["unknown downloadable dataset"]),
         (["frobnicate"], ["invalid choice"]),
+        (["reproduce", "pareto", "--processes", "2"], ["'pareto' runs in one process",
+                                                       "bernoulli"]),
+        (["reproduce", "bernoulli", "--processes", "0"], ["--processes"]),
     ],
 )
 def test_user_mistakes_are_one_line(capsys, tmp_path, monkeypatch, argv, fragments):

@@ -309,8 +309,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if not Path(args.data_dir).is_dir():
             raise PrunelabError(f"--data-dir {args.data_dir} is not a directory")
         os.environ["PRUNELAB_DATA"] = str(Path(args.data_dir).resolve())
+    extra = {}
+    if args.processes is not None:
+        parallel = registry.with_processes()
+        if args.name not in parallel:
+            raise PrunelabError(f"reproduction '{args.name}' runs in one process; --processes "
+                                f"is for: {', '.join(parallel) or 'none'}")
+        extra["processes"] = args.processes
     try:
-        results = run(out, quick=args.quick, progress=_progress(args), log=print)
+        results = run(out, quick=args.quick, progress=_progress(args), log=print, **extra)
     finally:
         if previous is None:
             os.environ.pop("PRUNELAB_DATA", None)
@@ -397,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "else $PRUNELAB_DATA)")
     p.add_argument("--allow-missing-data", action="store_true",
                    help="exit 0 even when sections were skipped for missing data")
+    p.add_argument("--processes", type=_positive_int, metavar="N",
+                   help="train N runs at a time in forked processes, one thread each (the "
+                   "same results; reproductions that support it: bernoulli)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_reproduce)
 

@@ -530,16 +530,19 @@ def _schedule(dense_seeds: list[int], runs: list[tuple[int, int]]
 
 @torch_threads(1)  # these small models only lose time to intra-op threads
 def run(out: Path, *, quick: bool = False, progress: bool | None = None,
-        log: Callable[[str], None] = print, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+        log: Callable[[str], None] = print, plan: dict[str, Any] | None = None,
+        processes: int | None = None) -> dict[str, Any]:
     """Run the study and write report.md, results.json and figures/ into `out` atomically
     (`plan` overrides parts of `default_plan(quick)`, e.g. fewer runs); single-threaded, the
-    thread count restored after. Plan key `processes` (default 1) trains that many runs at a
-    time in forked processes, one torch thread each; the results are the same bit for bit,
-    as every run seeds itself. Each finished run is kept (`prunelab.subruns`), so a killed
-    attempt at the same `out` continues where it stopped."""
+    thread count restored after. `processes` (or the plan key; default 1) trains that many
+    runs at a time in forked processes, one torch thread each; the results are the same bit
+    for bit, as every run seeds itself. Each finished run is kept (`prunelab.subruns`), so a
+    killed attempt at the same `out` continues where it stopped."""
     plan = {**default_plan(quick), **(plan or {})}
+    if processes is not None:
+        plan["processes"] = processes
     _check_plan(plan)
-    processes = plan.get("processes", 1)
+    processes = plan["processes"] if "processes" in plan else 1
     cache = SubrunCache.for_output(out)  # finished runs of a killed attempt are read back
     device = os.environ.get("PRUNELAB_DEVICE", "cpu")
     data_dir = os.environ.get("PRUNELAB_DATA")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,17 @@ def available() -> dict[str, str]:
         name: desc for name, (module, desc) in REPRODUCTIONS.items()
         if importlib.util.find_spec(module) is not None
     }
+
+
+def with_processes() -> list[str]:
+    """Reproductions whose `run` takes `processes=N` (runs trained N at a time)."""
+    out = []
+    for name, (module, _) in REPRODUCTIONS.items():
+        if name in available():
+            run = importlib.import_module(module).run
+            if "processes" in inspect.signature(run).parameters:
+                out.append(name)
+    return out
 
 
 def get(name: str) -> Callable[..., dict[str, Any]]:
