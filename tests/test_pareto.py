@@ -293,6 +293,45 @@ def test_quick_reproduction_end_to_end(tmp_path, monkeypatch):
         max(layer_ratios(paper["nonzero_per_layer"])))
     assert claims["variant:knee-nonzero"]["estimate"] == pytest.approx(variant["max_layer_ratio"])
     assert claims["knee-budget"]["estimate"] == saved["search"]["runs"]
+    # SMGD's learning rates were settled on validation before the freeze (quick: Adam's
+    # first, largest, learning rate does not collapse)
+    choices = saved["selection"]["choices"]
+    assert choices["smgd_adam_lr"] == results["smgd"][1]["lr"] == 1e-3
+    assert results["smgd"][1]["lrs_tried"] == [
+        {"lr": 1e-3, "trivial": False, "val_accuracy": results["smgd"][1]["val_accuracy"]}]
+    assert all(r["test_accuracy"] is not None for r in results["smgd"])
+    assert [e["what"] for e in saved["test_evaluations"]][2:] == ["SMGD (sgd)", "SMGD (adam)"]
+
+
+def test_smgd_learning_rate_is_the_largest_that_does_not_collapse_on_validation():
+    from prunelab.experiments.pareto import choose_smgd_lr, measure
+
+    def trainer(collapsing):
+        calls = []
+
+        def train(lr):
+            calls.append(lr)
+            row = {"variant": "adam", "lr": lr, "trivial": lr in collapsing,
+                   "val_accuracy": 0.1 if lr in collapsing else 0.9, "val_ce": 1.0, "l1": 2.0,
+                   "nonzero": 5, "dominance_gap": -0.01}
+            return row, f"net {lr}", [0.5]
+        return train, calls
+
+    train, calls = trainer({1e-3})
+    row, net, _ = choose_smgd_lr(train, [1e-4, 1e-3, 3e-4], log=lambda s: None)
+    assert calls == [1e-3, 3e-4] and row["lr"] == 3e-4 and net == "net 0.0003"
+    assert [t["trivial"] for t in row["lrs_tried"]] == [True, False]
+    train, calls = trainer({1e-3, 3e-4, 1e-4})  # all collapse: the smallest, and no verdict
+    row, _, _ = choose_smgd_lr(train, [1e-3, 3e-4, 1e-4], log=lambda s: None)
+    assert calls == [1e-3, 3e-4, 1e-4] and row["lr"] == 1e-4 and row["trivial"]
+
+    class Search:
+        runs = 12
+
+    held = dict(row, trivial=False)
+    got = measure({}, Search(), [row, dict(held, variant="sgd")])
+    assert got["smgd-adam"].values is None and "vacuously" in got["smgd-adam"].missing
+    assert got["smgd-sgd"].missing is None and got["smgd-sgd"].values == -0.01
 
 
 def test_declared_claims_are_the_published_targets_for_the_paper_and_the_variant():
