@@ -16,7 +16,12 @@ from prunelab.config import RunConfig, TrainConfig
 from prunelab.data import load_dataset
 from prunelab.errors import ConfigError
 from prunelab.experiments import sparse_training as st
-from prunelab.flops import forward_flops, layer_forward_flops, phases_from_trace, training_flops
+from prunelab.flops import (
+    kept_forward_flops,
+    layer_forward_flops,
+    phases_from_trace,
+    training_flops,
+)
 from prunelab.models import build_model, count_parameters
 from prunelab.subruns import SubrunCache, spec_key
 from prunelab.train import run as train_run
@@ -33,16 +38,17 @@ def _net():
 def test_forward_flops_count_kept_weights_times_positions():
     layers = layer_forward_flops(_net(), (1, 5, 5))
     assert layers == {"0.weight": (18, 2 * 18 * 9), "3.weight": (72, 2 * 72)}
-    assert forward_flops(layers) == 324 + 144
+    assert kept_forward_flops(layers) == 324 + 144
     mask = torch.zeros(18, dtype=torch.bool)
     mask[:6] = True
     # a count or a mask: 6 of 18 conv weights kept -> 2 * 6 * 9; the linear layer stays dense
-    assert forward_flops(layers, {"0.weight": 6}) == 108 + 144
-    assert forward_flops(layers, {"0.weight": mask.view(2, 1, 3, 3), "3.weight": 18}) == 108 + 36
+    assert kept_forward_flops(layers, {"0.weight": 6}) == 108 + 144
+    kept = {"0.weight": mask.view(2, 1, 3, 3), "3.weight": 18}
+    assert kept_forward_flops(layers, kept) == 108 + 36
     with pytest.raises(ConfigError, match="outside"):
-        forward_flops(layers, {"3.weight": 73})
+        kept_forward_flops(layers, {"3.weight": 73})
     with pytest.raises(ConfigError, match="unknown layer"):
-        forward_flops(layers, {"9.weight": 1})
+        kept_forward_flops(layers, {"9.weight": 1})
 
 
 def test_training_flops_add_phases_and_dense_gradient_steps():

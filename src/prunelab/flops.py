@@ -50,7 +50,8 @@ def _kept(value: int | torch.Tensor) -> int:
     return int(value.sum()) if isinstance(value, torch.Tensor) else int(value)
 
 
-def forward_flops(layers: Mapping[str, tuple[int, int]], kept: KeptCounts | None = None) -> int:
+def kept_forward_flops(layers: Mapping[str, tuple[int, int]], kept: KeptCounts | None = None
+                       ) -> int:
     """Forward FLOPs per sample of the layers from `layer_forward_flops`: dense, or with each
     weight in `kept` (a kept count or a bool mask) at its kept fraction (2 x kept x positions);
     layers not in `kept` count dense."""
@@ -79,11 +80,11 @@ def training_flops(model: nn.Module, input_shape: Iterable[int], batch_size: int
     check_range("batch_size", batch_size, 1)
     check_range("dense_gradient_steps", dense_gradient_steps, 0)
     layers = layer_forward_flops(model, input_shape)
-    dense = forward_flops(layers)
+    dense = kept_forward_flops(layers)
     total = steps = 0
     for n, kept in phases:
         check_range("phase steps", n, 0)
-        total += n * batch_size * STEP_PASSES * forward_flops(layers, kept)
+        total += n * batch_size * STEP_PASSES * kept_forward_flops(layers, kept)
         steps += n
     total += dense_gradient_steps * batch_size * STEP_PASSES * dense
     dense_total = steps * batch_size * STEP_PASSES * dense
@@ -91,7 +92,7 @@ def training_flops(model: nn.Module, input_shape: Iterable[int], batch_size: int
             "ratio": total / dense_total if dense_total else float("nan"),
             "steps": steps, "dense_gradient_steps": dense_gradient_steps,
             "forward_dense": dense,
-            "forward_final": forward_flops(layers, phases[-1][1]) if phases else dense}
+            "forward_final": kept_forward_flops(layers, phases[-1][1]) if phases else dense}
 
 
 def phases_from_trace(trace: Sequence[tuple[int, Mapping[str, int]]],
@@ -109,5 +110,5 @@ def phases_from_trace(trace: Sequence[tuple[int, Mapping[str, int]]],
     return phases
 
 
-__all__ = ["STEP_PASSES", "forward_flops", "layer_forward_flops", "phases_from_trace",
+__all__ = ["STEP_PASSES", "kept_forward_flops", "layer_forward_flops", "phases_from_trace",
            "training_flops"]
