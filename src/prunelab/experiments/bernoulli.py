@@ -500,15 +500,11 @@ def _map_jobs(specs: list[tuple], data, cache: SubrunCache, processes: int
     global _FORKED
     _ = cache.directory  # claimed here, before the processes that write into it are forked
     _FORKED = (data, cache)
-    # the wider starts first (they take longest; a late one would leave a process idle), the
-    # dense and x1 runs after them in plan order, so each seed's pair still runs side by side
-    first = sorted(range(len(specs)), key=lambda i: -(specs[i][2] if specs[i][1] != "dense"
-                                                      else 1))
+    # in plan order: each seed's dense and x1 runs side by side, and the x1 runs (most of the
+    # claims) finished first, should the study be stopped and continued later
     try:
         with multiprocessing.get_context("fork").Pool(processes) as pool:
-            pending = {i: pool.apply_async(_forked_job, (specs[i],)) for i in first}
-            for i in range(len(specs)):
-                yield pending[i].get()
+            yield from pool.imap(_forked_job, specs)
     finally:
         _FORKED = None
 
