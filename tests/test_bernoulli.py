@@ -426,6 +426,11 @@ def test_reproduction_in_forked_processes_gives_the_same_runs(tmp_path, monkeypa
     monkeypatch.setattr(bernoulli, "_job", killed_at_the_third)
     with pytest.raises(RuntimeError, match="killed"):
         run(tmp_path / "three", progress=False, log=lambda s: None, plan=plan)
+    # what the killed attempt finished (dense seed 0, x1 seed 0 with its twin), judged as is
+    so_far = bernoulli.finished_so_far(tmp_path / "three", plan)
+    assert so_far["plan_runs"] == [(1, 0)] and len(so_far["runs"]) == 1
+    assert so_far["runs"][0] == one["runs"][0] | {"seconds": so_far["runs"][0]["seconds"]}
+    assert so_far["models"]["lenet-300-100"]["dense"]["seeds"] == [0]
     calls.clear()
     three = run(tmp_path / "three", progress=False, log=lambda s: None, plan=plan)
     assert len(calls) == len(one["test_evaluations"]) - 2

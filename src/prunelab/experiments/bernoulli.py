@@ -617,6 +617,46 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     return results
 
 
+def finished_so_far(out: Path, plan: dict[str, Any] | None = None, *, quick: bool = False
+                    ) -> dict[str, Any]:
+    """The study's summary (declared claims and all) over the runs a stopped or still running
+    `run(out, plan=...)` has finished so far, read from its sub-run cache; nothing is trained
+    or written. The plan's runs and dense seeds are cut to those finished; claims over runs
+    not finished yet are judged on the ones that are (say so when quoting them)."""
+    plan = {**default_plan(quick), **(plan or {})}
+    cache = atomic.stage_path(out) / atomic.WORK_FOLDER / "subruns"
+    by: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+    sizes = (None, None)
+    for path in sorted(cache.glob("*.pt")):
+        entry = torch.load(path, map_location="cpu", weights_only=False)
+        key = entry["spec"]
+        if key.get("study") == "bernoulli" and key["epochs"] == plan["epochs"].get(key["kind"]):
+            by[key["kind"], key["job"], key["factor"], key["seed"]] = entry["result"]
+            sizes = (key["n_train"], key["n_test"])
+    rows, dense, scratch, runs = [], {}, {}, set()
+    models = [k for k in plan["models"] if any(b[0] == k for b in by)]
+    if not models:
+        raise ConfigError(f"no finished runs of this plan under {cache}")
+    for kind in models:
+        done = [(f, s) for f, s in plan["runs"] if (kind, "bernoulli", f, s) in by]
+        rows += [by[kind, "bernoulli", f, s]["row"] for f, s in done]
+        rows += [by[kind, "gated", 1, s]["row"] for s in plan.get("gated_seeds") or []
+                 if (kind, "gated", 1, s) in by]
+        dense[kind] = _dense_reference([by[kind, "dense", 1, s]["dense"]
+                                        for s in plan["dense_seeds"]
+                                        if (kind, "dense", 1, s) in by])
+        twins = [by[kind, "bernoulli", f, s]["scratch"] for f, s in done
+                 if by[kind, "bernoulli", f, s].get("scratch")]
+        if twins:
+            scratch[kind] = _scratch_reference(twins)
+        runs |= set(done)
+    plan = {**plan, "models": models, "runs": [r for r in plan["runs"] if tuple(r) in runs]}
+    seconds = sum(r["seconds"] for r in rows)
+    out_res = _summarise(plan, rows, dense, quick, seconds, *sizes, scratch)
+    out_res["finished_runs"] = sorted([list(k) for k in by])
+    return out_res
+
+
 def _variance_split(mistakes: list[list[int] | None], n_test: int | None
                     ) -> dict[str, float] | None:
     """`error_variance_split` of the runs' recorded mistakes; None when there are fewer than
