@@ -159,6 +159,12 @@ class SubrunCache:
             shutil.rmtree(self._directory, ignore_errors=True)
 
 
+def stored_subruns(out: str | Path) -> Path:
+    """Where `SubrunCache.for_output(out)` keeps the sub-runs of a command writing `out`, for
+    reading them without claiming the stage (the command may still be running)."""
+    return atomic.stage_path(out) / atomic.WORK_FOLDER / FOLDER
+
+
 # ----------------------------------------------------------------------------- keys
 
 

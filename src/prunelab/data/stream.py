@@ -78,7 +78,7 @@ class _Batches:
         self.batches = []
         for i in range(0, len(idx), step):
             chunk = idx[i : i + step]
-            sizes = [len(chunk[j : j + batch_size]) for j in range(0, len(chunk), batch_size)]
+            sizes = [min(batch_size, len(chunk) - j) for j in range(0, len(chunk), batch_size)]
             self.batches.append(_Indices(chunk, seed, sizes))
 
     def __iter__(self) -> Iterator[_Indices]:

@@ -81,7 +81,7 @@ from prunelab.models import mlp
 from prunelab.report import figure_title, markdown_table, new_figure, save_figure, text_table
 from prunelab.seed_noise import error_variance_split, misclassified
 from prunelab.shrink import architecture, from_architecture, kept_input_mask
-from prunelab.subruns import SubrunCache
+from prunelab.subruns import SubrunCache, stored_subruns
 from prunelab.threads import torch_threads
 from prunelab.train import Trainer, preload_optimizers
 
@@ -538,7 +538,7 @@ def run(out: Path, *, quick: bool = False, progress: bool | None = None,
     if processes is not None:
         plan["processes"] = processes
     _check_plan(plan)
-    processes = plan["processes"] if "processes" in plan else 1
+    processes = plan.get("processes", 1)
     cache = SubrunCache.for_output(out)  # finished runs of a killed attempt are read back
     device = os.environ.get("PRUNELAB_DEVICE", "cpu")
     data_dir = os.environ.get("PRUNELAB_DATA")
@@ -624,7 +624,7 @@ def finished_so_far(out: Path, plan: dict[str, Any] | None = None, *, quick: boo
     or written. The plan's runs and dense seeds are cut to those finished; claims over runs
     not finished yet are judged on the ones that are (say so when quoting them)."""
     plan = {**default_plan(quick), **(plan or {})}
-    cache = atomic.stage_path(out) / atomic.WORK_FOLDER / "subruns"
+    cache = stored_subruns(out)
     by: dict[tuple[str, str, int, int], dict[str, Any]] = {}
     sizes = (None, None)
     for path in sorted(cache.glob("*.pt")):
